@@ -65,9 +65,7 @@ class Frame:
 
     def to_atoms(self) -> ase.Atoms:
         """The frame as ``ase.Atoms`` with the DESIGN.md keys (values quantised for storage)."""
-        atoms = ase.Atoms(
-            numbers=self.numbers, positions=np.round(self.positions, ARRAY_DECIMALS)
-        )
+        atoms = ase.Atoms(numbers=self.numbers, positions=np.round(self.positions, ARRAY_DECIMALS))
         atoms.info.update(
             ref_energy=float(self.energy),
             smiles=self.smiles,
