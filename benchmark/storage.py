@@ -11,6 +11,8 @@ and forces to 1e-8 (Å, eV/Å) before writing, so that write -> read is exact bi
 
 from __future__ import annotations
 
+import gzip
+import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -118,12 +120,19 @@ def write_frames(path: str | Path, frames: Iterable[Frame]) -> None:
     """Write frames to an extended-XYZ file (gzip if ``path`` ends with ``.gz``).
 
     The file is written to ``<path>.partial`` and renamed at the end, so an interrupted write
-    never leaves a truncated file under the final name.
+    never leaves a truncated file under the final name. The output is a function of the frames
+    only: the gzip header carries no file name and no time stamp, so the same frames always
+    give the same bytes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial" + "".join(path.suffixes[-1:]))
-    ase.io.write(partial, [f.to_atoms() for f in frames], format="extxyz")
+    text = io.StringIO()
+    ase.io.write(text, [f.to_atoms() for f in frames], format="extxyz")
+    data = text.getvalue().encode()
+    if path.suffix == ".gz":
+        data = gzip.compress(data, mtime=0)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
     partial.replace(path)
 
 
