@@ -11,6 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# Small models on a 2-core box run many times faster on one intra-op thread per worker
+# (pytest-xdist already runs one worker per core).
+torch.set_num_threads(1)
 
 SMOKE_MATRIX_TASKS = ("duplication",)
 SMOKE_MATRIX_MODELS = ("deepset_moe", "schnet", "painn")
@@ -20,16 +25,10 @@ SMOKE_MATRIX_BROKEN = {"painn": {"no_such_hyperparameter": 1}}
 
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import argparse
+    from benchmark.cli import main
 
-    from benchmark.commands import build
-
-    # `gmd26 build --preset smoke --out DIR`, parsed by the build command's own parser
-    parser = argparse.ArgumentParser(prog="gmd26")
-    build.register(parser.add_subparsers(dest="command", required=True))
     out = tmp_path_factory.mktemp("smoke_data")
-    args = parser.parse_args(["build", "--preset", "smoke", "--out", str(out)])
-    assert args.func(args) in (0, None)
+    assert main(["build", "--preset", "smoke", "--out", str(out)]) == 0
     return out
 
 
