@@ -1,0 +1,111 @@
+"""What every baseline shares: the DESIGN.md forward (graph, energy, autograd forces) and the
+mapping from atomic numbers to the model's element channels.
+
+A baseline only defines :meth:`AtomisticBaseline.atomic_energies`, the per-atom energy of a
+batch, building its neighbour graph with :func:`deepset_moe.graph.radius_graph` (directly or
+through a library hook); :meth:`AtomisticBaseline.forward` sums atoms into molecules and
+differentiates the energy for the forces. Energies are residuals in eV (E0 is added outside, by
+:class:`deepset_moe.e0.PotentialWithE0`), forces are in eV/Å.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from ase.data import atomic_numbers
+from torch import Tensor, nn
+
+from benchmark.fragments import SUPPORTED_ELEMENTS
+from kernels.segment_sum import segment_sum_csr
+
+DEFAULT_ELEMENTS: tuple[int, ...] = tuple(atomic_numbers[symbol] for symbol in SUPPORTED_ELEMENTS)
+"""Atomic numbers of the GMD-26 elements (H, C, N, O): the default element channels."""
+
+
+class ElementIndex(nn.Module):
+    """Maps atomic numbers to contiguous channel indices ``0 .. len(elements) - 1``.
+
+    Raises a ``ValueError`` naming the atomic numbers the model was not built for, instead of
+    the silent out-of-range embedding lookups that would otherwise follow.
+    """
+
+    def __init__(self, elements: Sequence[int]) -> None:
+        super().__init__()
+        if len(set(elements)) != len(elements) or min(elements) < 1:
+            raise ValueError(f"elements must be distinct atomic numbers, got {list(elements)}")
+        self.elements = tuple(int(z) for z in elements)
+        lookup = torch.full((max(self.elements) + 1,), -1, dtype=torch.long)
+        lookup[list(self.elements)] = torch.arange(len(self.elements))
+        self.register_buffer("lookup", lookup, persistent=False)
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Channel index [N] long of atomic numbers ``z`` [N]."""
+        index = self.lookup[z.clamp(0, self.lookup.numel() - 1)]
+        unknown = (index < 0) | (z >= self.lookup.numel())
+        if bool(unknown.any()):
+            missing = sorted({int(number) for number in z[unknown].tolist()})
+            raise ValueError(
+                f"atomic numbers {missing} are not among this model's elements {self.elements}"
+            )
+        return index
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's CPU generator inside the block, restoring the caller's state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class AtomisticBaseline(nn.Module):
+    """Base of every baseline: ``forward(batch)`` with the DESIGN.md outputs.
+
+    Subclasses set ``cutoff`` (Å) through ``__init__`` and implement :meth:`atomic_energies`.
+    """
+
+    def __init__(self, cutoff: float) -> None:
+        super().__init__()
+        self.cutoff = float(cutoff)
+
+    def atomic_energies(self, z: Tensor, pos: Tensor, batch: Tensor, ptr: Tensor) -> Tensor:
+        """Per-atom residual energies [N] in eV.
+
+        Args:
+            z: [N] atomic numbers.
+            pos: [N, 3] positions in Å (requires grad; edge vectors must be taken from it).
+            batch: [N] molecule index of each atom.
+            ptr: [B+1] CSR offsets of the molecules.
+        """
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Energy [B] (eV), forces [N, 3] = -dE/dpos (eV/Å) and node_energy [N] (eV).
+
+        Forces keep their graph (``create_graph``) in training mode so force losses train the
+        weights. Gradients are enabled even under ``torch.no_grad`` (evaluation).
+        """
+        ptr = batch["ptr"]
+        with torch.enable_grad():
+            pos = batch["pos"]
+            if not pos.requires_grad:
+                pos = pos.detach().requires_grad_(True)
+            node_energy = self.atomic_energies(batch["z"], pos, batch["batch"], ptr)
+            energy = segment_sum_csr(node_energy.unsqueeze(-1), ptr).squeeze(-1)
+            gradient = position_gradient(energy, pos, create_graph=self.training)
+        return {"energy": energy, "forces": -gradient, "node_energy": node_energy}
+
+
+def position_gradient(energy: Tensor, pos: Tensor, create_graph: bool) -> Tensor:
+    """dE/dpos [N, 3] of the summed energies; zeros where ``pos`` does not enter (lone atoms)."""
+    if not energy.requires_grad:
+        return torch.zeros_like(pos)
+    (gradient,) = torch.autograd.grad(
+        energy.sum(), pos, create_graph=create_graph, allow_unused=True, materialize_grads=True
+    )
+    return gradient

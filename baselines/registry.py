@@ -1,0 +1,165 @@
+"""One registry for every baseline: build by name, list names, describe a model.
+
+Model modules are imported only when a model is built or described, so listing names never
+imports the third-party packages (some are optional extras, some are slow to import).
+Default configurations are the keyword defaults of each model class: one source of truth.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """How to build one baseline and where it comes from.
+
+    Attributes:
+        target: ``"module:Class"`` of the :class:`baselines.base.AtomisticBaseline` subclass.
+        package: the PyPI distribution providing the architecture.
+        install: the pip requirement that makes it available.
+        isolated_atom: what the network (before E0) predicts for an atom with no neighbour:
+            ``"zero"`` (so the wrapped potential gives exactly E0), ``"constant per element"``
+            or ``"constant, same for every element"`` (a learnable offset added to E0).
+        paper: reference of the architecture.
+    """
+
+    target: str
+    package: str
+    install: str
+    isolated_atom: str
+    paper: str
+
+
+_REGISTRY: dict[str, BaselineSpec] = {
+    "schnet": BaselineSpec(
+        "baselines.schnet:SchNetPotential",
+        "torch-geometric",
+        "torch-geometric>=2.6",
+        "constant per element",
+        "Schütt et al., NeurIPS 2017",
+    ),
+    "dimenet++": BaselineSpec(
+        "baselines.dimenet:DimeNetPlusPlusPotential",
+        "torch-geometric",
+        "torch-geometric>=2.6",
+        "constant, same for every element",
+        "Gasteiger et al., arXiv:2011.14115 (2020)",
+    ),
+    "painn": BaselineSpec(
+        "baselines.painn:PaiNNPotential",
+        "deepset-moe",
+        "deepset-moe",
+        "constant per element",
+        "Schütt, Unke, Gastegger, ICML 2021",
+    ),
+    "mace": BaselineSpec(
+        "baselines.mace_models:MACEPotential",
+        "mace-torch",
+        "mace-torch>=0.3.16",
+        "constant per element",
+        "Batatia et al., NeurIPS 2022",
+    ),
+    "nequip": BaselineSpec(
+        "baselines.nequip_models:NequIPPotential",
+        "nequip",
+        "nequip>=0.19",
+        "zero",
+        "Batzner et al., Nat. Commun. 2022",
+    ),
+    "allegro": BaselineSpec(
+        "baselines.nequip_models:AllegroPotential",
+        "nequip-allegro",
+        "nequip-allegro>=0.8",
+        "zero",
+        "Musaelian et al., Nat. Commun. 2023",
+    ),
+}
+
+
+def list_models() -> list[str]:
+    """Names of every registered baseline, in registry order."""
+    return list(_REGISTRY)
+
+
+model_names = list_models
+"""Alias used by :mod:`benchmark.models`."""
+
+
+def _spec(name: str) -> BaselineSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown baseline {name!r}; registered baselines: {list_models()}")
+    return _REGISTRY[name]
+
+
+def _model_class(name: str) -> type[nn.Module]:
+    spec = _spec(name)
+    module_name, class_name = spec.target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ImportError(
+            f"baseline {name!r} needs {spec.package!r}: pip install '{spec.install}' ({error})"
+        ) from error
+    return getattr(module, class_name)
+
+
+def default_config(name: str) -> dict[str, Any]:
+    """The default hyperparameters of ``name`` (keyword defaults of its class)."""
+    parameters = inspect.signature(_model_class(name).__init__).parameters
+    return {
+        key: (list(p.default) if isinstance(p.default, tuple) else p.default)
+        for key, p in parameters.items()
+        if key != "self" and p.default is not inspect.Parameter.empty
+    }
+
+
+def build_model(name: str, **config: Any) -> nn.Module:
+    """Build the baseline ``name`` with its defaults overridden by ``config``.
+
+    Raises:
+        ValueError: unknown name (the message lists the registered ones) or unknown setting.
+        ImportError: the package providing the architecture is not installed (with the pip line).
+    """
+    model_class = _model_class(name)
+    unknown = sorted(set(config) - set(default_config(name)))
+    if unknown:
+        raise ValueError(
+            f"unknown settings {unknown} for baseline {name!r}; "
+            f"valid settings: {sorted(default_config(name))}"
+        )
+    return model_class(**config)
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """Where ``name`` comes from and how it is configured by default.
+
+    Returns:
+        ``name``, ``package`` and installed ``version`` (None if absent), ``install`` (pip
+        requirement), ``paper``, ``isolated_atom`` and ``default_config`` (None if the package
+        is not installed).
+    """
+    spec = _spec(name)
+    try:
+        version = metadata.version(spec.package)
+    except metadata.PackageNotFoundError:
+        version = None
+    try:
+        config = default_config(name)
+    except ImportError:
+        config = None
+    return {
+        "name": name,
+        "package": spec.package,
+        "version": version,
+        "install": spec.install,
+        "paper": spec.paper,
+        "isolated_atom": spec.isolated_atom,
+        "default_config": config,
+    }
