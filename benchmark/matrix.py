@@ -38,6 +38,7 @@ from typing import Any, TextIO
 
 import torch
 
+from benchmark.jsonio import write_json
 from benchmark.tasks import TASK_NAMES
 
 DEFAULT_TASKS: tuple[str, ...] = TASK_NAMES
@@ -128,26 +129,6 @@ def read_result(cell: str | Path) -> dict[str, Any] | None:
     return result if result.get("status") in FINISHED else None
 
 
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Atomic JSON write (temporary file + rename); NaN / inf become ``null``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(_json_safe(payload), indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return _json_safe(value.item())
-    return value
-
-
 def non_finite_metrics(result: Mapping[str, Any]) -> list[str]:
     """``split.metric`` names of headline metrics that are missing or not finite."""
     bad = []
@@ -207,7 +188,7 @@ def run_cell(
         result = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
     result.update(task=task, model=model, seed=seed, cell_seconds=time.monotonic() - started)
     result.setdefault("reason", None)
-    _write_json(cell / RESULT_FILE, result)
+    write_json(cell / RESULT_FILE, result)
     return result
 
 
@@ -337,5 +318,5 @@ def run_matrix(
         "invocations": [*previous.get("invocations", []), invocation],
         "cells": records,
     }
-    _write_json(run_json, summary)
+    write_json(run_json, summary)
     return summary

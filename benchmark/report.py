@@ -31,7 +31,8 @@ from benchmark import figures
 from benchmark.evaluation import Predictions
 from benchmark.extrapolation import binned_error, task_distances
 from benchmark.fragments import FRAGMENT_NAMES
-from benchmark.matrix import RESULT_FILE, RUN_JSON, TEST_SPLITS, _json_safe, _write_json
+from benchmark.jsonio import json_safe, write_json
+from benchmark.matrix import RESULT_FILE, RUN_JSON, TEST_SPLITS
 from benchmark.metrics import METRIC_LABELS, METRIC_NAMES
 from benchmark.model_analysis import model_attribution, model_routing, model_stability
 from benchmark.stability import StabilitySettings
@@ -268,13 +269,17 @@ def gmd26_table(models: Mapping[str, dict[str, Any]]) -> str:
             continue
         for metric in METRIC_NAMES:
             m = summary["metrics"]
-            rows.append([
-                f"{name} ({n} seed{'s' if n != 1 else ''})" if metric == METRIC_NAMES[0] else "",
-                METRIC_LABELS[metric],
-                _mean_std(m["id"][metric]),
-                _mean_std(m["ood"][metric]),
-                _mean_std(m["ratio"][metric]),
-            ])
+            rows.append(
+                [
+                    f"{name} ({n} seed{'s' if n != 1 else ''})"
+                    if metric == METRIC_NAMES[0]
+                    else "",
+                    METRIC_LABELS[metric],
+                    _mean_std(m["id"][metric]),
+                    _mean_std(m["ood"][metric]),
+                    _mean_std(m["ratio"][metric]),
+                ]
+            )
     return markdown_table(["model", "metric", "ID", "OOD", "OOD/ID"], rows)
 
 
@@ -348,15 +353,18 @@ def stability_table(studies: Mapping[str, dict[str, Any]]) -> str:
             continue
         reasons = "; ".join(
             f"{r['molecule_id']}: {r['reason']} at {r['time_to_failure_fs']:.0f} fs"
-            for r in study["runs"] if not r["stable"]
+            for r in study["runs"]
+            if not r["stable"]
         )
-        rows.append([
-            name,
-            str(len(study["runs"])),
-            f"{study['fraction_stable']:.2f}",
-            f"{study['mean_time_to_failure_fs']:.0f}",
-            reasons or "none",
-        ])
+        rows.append(
+            [
+                name,
+                str(len(study["runs"])),
+                f"{study['fraction_stable']:.2f}",
+                f"{study['mean_time_to_failure_fs']:.0f}",
+                reasons or "none",
+            ]
+        )
     header = ["model", "runs", "fraction stable", "mean time to failure (fs)", "failures"]
     return markdown_table(header, rows)
 
@@ -443,8 +451,10 @@ def _task_report(
         for split, p in load_predictions(result["cell_dir"]).items():
             shift = e0_sums(p, result.get("e0", {}))  # same shift for both: errors unchanged
             parity[name][split] = {
-                "forces": p.forces, "forces_ref": p.forces_ref,
-                "energy": p.energy - shift, "energy_ref": p.energy_ref - shift,
+                "forces": p.forces,
+                "forces_ref": p.forces_ref,
+                "energy": p.energy - shift,
+                "energy_ref": p.energy_ref - shift,
             }
     report["figures"]["parity"] = _figure(
         figures.parity_figure(
@@ -474,8 +484,11 @@ def _task_report(
         for name, result in first_ok.items():
             try:
                 report["stability"][name] = model_stability(
-                    result["cell_dir"], data.split("ood_test"), options.stability_settings,
-                    options.stability_molecules, options.seed,
+                    result["cell_dir"],
+                    data.split("ood_test"),
+                    options.stability_settings,
+                    options.stability_molecules,
+                    options.seed,
                 )
             except ImportError as error:
                 report["stability"][name] = {"error": f"no ASE calculator ({error})"}
@@ -532,8 +545,9 @@ def _deepset_moe_section(
     from deepset_moe.routing_plots import draw_fragment_expert_heatmap
 
     id_frames, ood_frames = data.split("id_test"), data.split("ood_test")
-    routing = model_routing(result["cell_dir"], id_frames, ood_frames, options.routing_frames,
-                            options.seed)
+    routing = model_routing(
+        result["cell_dir"], id_frames, ood_frames, options.routing_frames, options.seed
+    )
     if routing is None:
         gaps.append(f"{task}: DeepSet-MoE returned no routing; routing metrics missing")
     else:
@@ -542,14 +556,21 @@ def _deepset_moe_section(
         for index, split in enumerate(("id", "ood")):
             matrix = np.array(routing[split]["fragment_expert_fraction"], dtype=np.float64)
             draw_fragment_expert_heatmap(
-                figure.add_subplot(1, 2, index + 1), matrix, FRAGMENT_NAMES,
-                f"{split.upper()}: expert share per fragment", "fraction of assignments",
+                figure.add_subplot(1, 2, index + 1),
+                matrix,
+                FRAGMENT_NAMES,
+                f"{split.upper()}: expert share per fragment",
+                "fraction of assignments",
             )
         figure.suptitle(f"{task}: DeepSet-MoE routing")
         report["figures"]["routing"] = _figure(figure, figures_dir, f"{task}_routing.png")
     attribution = model_attribution(
-        result["cell_dir"], id_frames, ood_frames, options.attribution_molecules,
-        options.attribution_steps, options.seed,
+        result["cell_dir"],
+        id_frames,
+        ood_frames,
+        options.attribution_molecules,
+        options.attribution_steps,
+        options.seed,
     )
     report["attribution"] = attribution
     figure = attribution_figure(attribution)
@@ -570,8 +591,7 @@ def build_report(run_dir: str | Path, options: ReportOptions | None = None) -> d
     results = collect_results(run_dir)
     if not results:
         raise FileNotFoundError(f"no finished cells (*/*/seed*/{RESULT_FILE}) under {run_dir}")
-    run_json = json.loads((run_dir / RUN_JSON).read_text()) if (run_dir / RUN_JSON).exists() \
-        else {}
+    run_json = json.loads((run_dir / RUN_JSON).read_text()) if (run_dir / RUN_JSON).exists() else {}
     data_dir = options.data_dir or (
         Path(run_json["plan"]["data_dir"]) if "plan" in run_json else None
     )
@@ -582,16 +602,15 @@ def build_report(run_dir: str | Path, options: ReportOptions | None = None) -> d
     }
     headline = {
         task: {
-            name: {
-                split: s["metrics"][split]["force_mae"]["mean"] for split in ("id", "ood")
-            }
+            name: {split: s["metrics"][split]["force_mae"]["mean"] for split in ("id", "ood")}
             for name, s in report["models"].items()
             if s["seeds_ok"]
         }
         for task, report in tasks.items()
     }
-    headline_png = _figure(figures.headline_figure(headline, list(tasks)), run_dir / FIGURES_DIR,
-                           "headline.png")
+    headline_png = _figure(
+        figures.headline_figure(headline, list(tasks)), run_dir / FIGURES_DIR, "headline.png"
+    )
     report = {
         "run_dir": str(run_dir),
         "data_dir": None if data_dir is None else str(data_dir),
@@ -602,9 +621,9 @@ def build_report(run_dir: str | Path, options: ReportOptions | None = None) -> d
         "tasks": tasks,
         "gaps": gaps,
     }
-    _write_json(run_dir / REPORT_JSON, report)
+    write_json(run_dir / REPORT_JSON, report)
     (run_dir / REPORT_MD).write_text(render_markdown(report))
-    return _json_safe(report)
+    return json_safe(report)
 
 
 def _run_header(report: Mapping[str, Any]) -> list[str]:
@@ -649,12 +668,21 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         models = section["models"]
         failed = [
             f"- `{name}` seed {f['seed']}: {f['reason']}"
-            for name, s in models.items() for f in s["failed"]
+            for name, s in models.items()
+            for f in s["failed"]
         ]
         if failed:
             out += ["Failed cells:", "", *failed, ""]
-        out += ["### GMD-26 metrics", "", gmd26_table(models), "", "### Cost", "",
-                cost_table(models), ""]
+        out += [
+            "### GMD-26 metrics",
+            "",
+            gmd26_table(models),
+            "",
+            "### Cost",
+            "",
+            cost_table(models),
+            "",
+        ]
         figs = section["figures"]
         if "parity" in figs:
             out += ["### Parity", "", f"![parity]({figs['parity']})", ""]
@@ -698,8 +726,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 "",
             ]
         if "routing" in section:
-            out += ["### DeepSet-MoE routing, ID vs OOD", "", routing_table(section["routing"]),
-                    "", f"![routing]({figs['routing']})", ""]
+            out += [
+                "### DeepSet-MoE routing, ID vs OOD",
+                "",
+                routing_table(section["routing"]),
+                "",
+                f"![routing]({figs['routing']})",
+                "",
+            ]
         if "attribution" in section:
             out += [
                 "### DeepSet-MoE attribution per fragment (Integrated Gradients), ID vs OOD",
