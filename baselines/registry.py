@@ -80,6 +80,20 @@ _REGISTRY: dict[str, BaselineSpec] = {
         "zero",
         "Musaelian et al., Nat. Commun. 2023",
     ),
+    "gemnet": BaselineSpec(
+        "baselines.fairchem_models:GemNetOCPotential",
+        "fairchem-core",
+        "fairchem-core==1.3.0",
+        "constant per element",
+        "Gasteiger et al., TMLR 2022 (GemNet-OC)",
+    ),
+    "equiformer_v2": BaselineSpec(
+        "baselines.fairchem_models:EquiformerV2Potential",
+        "fairchem-core",
+        "fairchem-core==1.3.0",
+        "constant per element",
+        "Liao et al., ICLR 2024",
+    ),
 }
 
 
