@@ -66,12 +66,15 @@ def seeded(seed: int) -> Iterator[None]:
 class AtomisticBaseline(nn.Module):
     """Base of every baseline: ``forward(batch)`` with the DESIGN.md outputs.
 
-    Subclasses set ``cutoff`` (Å) through ``__init__`` and implement :meth:`atomic_energies`.
+    Subclasses pass ``cutoff`` (Å) and their ``elements`` to ``__init__`` and implement
+    :meth:`atomic_energies`; ``self.element_index`` maps atomic numbers to element channels
+    (and rejects the others, naming them).
     """
 
-    def __init__(self, cutoff: float) -> None:
+    def __init__(self, cutoff: float, elements: Sequence[int]) -> None:
         super().__init__()
         self.cutoff = float(cutoff)
+        self.element_index = ElementIndex(elements)
 
     def atomic_energies(self, z: Tensor, pos: Tensor, batch: Tensor, ptr: Tensor) -> Tensor:
         """Per-atom residual energies [N] in eV.

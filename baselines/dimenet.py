@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch_geometric.nn.models import DimeNetPlusPlus
 
-from baselines.base import DEFAULT_ELEMENTS, AtomisticBaseline, ElementIndex, seeded
+from baselines.base import DEFAULT_ELEMENTS, AtomisticBaseline, seeded
 from deepset_moe.graph import radius_graph
 
 
@@ -78,8 +78,7 @@ class DimeNetPlusPlusPotential(AtomisticBaseline):
         elements: Sequence[int] = DEFAULT_ELEMENTS,
         seed: int = 0,
     ) -> None:
-        super().__init__(cutoff)
-        self.element_index = ElementIndex(elements)
+        super().__init__(cutoff, elements)
         with seeded(seed):
             self.dimenet = DimeNetPlusPlus(
                 hidden_channels=hidden_channels,

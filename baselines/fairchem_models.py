@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from baselines.base import DEFAULT_ELEMENTS, AtomisticBaseline, ElementIndex, seeded
+from baselines.base import DEFAULT_ELEMENTS, AtomisticBaseline, seeded
 from deepset_moe.graph import radius_graph
 
 FAIRCHEM_INSTALL = (
@@ -180,8 +180,7 @@ class GemNetOCPotential(AtomisticBaseline):
         elements: Sequence[int] = DEFAULT_ELEMENTS,
         seed: int = 0,
     ) -> None:
-        super().__init__(cutoff)
-        self.element_index = ElementIndex(elements)
+        super().__init__(cutoff, elements)
         with seeded(seed):
             self.gemnet = GemNetOCBackbone(
                 num_spherical=num_spherical,
@@ -348,8 +347,7 @@ class EquiformerV2Potential(AtomisticBaseline):
         elements: Sequence[int] = DEFAULT_ELEMENTS,
         seed: int = 0,
     ) -> None:
-        super().__init__(cutoff)
-        self.element_index = ElementIndex(elements)
+        super().__init__(cutoff, elements)
         with seeded(seed):
             self.equiformer = ConservativeEquiformerV2(
                 use_pbc=False,

@@ -18,7 +18,7 @@ from e3nn import o3
 from mace.modules import ScaleShiftMACE, interaction_classes
 from torch import Tensor
 
-from baselines.base import DEFAULT_ELEMENTS, AtomisticBaseline, ElementIndex, seeded
+from baselines.base import DEFAULT_ELEMENTS, AtomisticBaseline, seeded
 from deepset_moe.graph import radius_graph
 
 
@@ -59,13 +59,12 @@ class MACEPotential(AtomisticBaseline):
         elements: Sequence[int] = DEFAULT_ELEMENTS,
         seed: int = 0,
     ) -> None:
-        super().__init__(cutoff)
         if interaction not in interaction_classes:
             raise ValueError(
                 f"unknown MACE interaction {interaction!r}; choose one of "
                 f"{sorted(interaction_classes)}"
             )
-        self.element_index = ElementIndex(elements)
+        super().__init__(cutoff, elements)
         with seeded(seed):
             self.mace = ScaleShiftMACE(
                 r_max=cutoff,

@@ -6,58 +6,54 @@ The models come from the packages' own builders, ``nequip.model.NequIPGNNModel``
 :class:`baselines.base.AtomisticBaseline` differentiates them like every other baseline. The
 per-type energy shift is 0 (E0 is added outside); the per-type scale is a setting.
 
-nequip's builders require its process-wide "global state" (:func:`_initialise_nequip_once`).
-Setting it would also change torch's default dtype to float64, reseed every generator and
-switch the multiprocessing sharing strategy; those side effects are undone right away so that
-building a NequIP model leaves the rest of the process as it was.
+nequip's builders require its process-wide "global state" (``set_global_state``). Setting it
+would also change torch's default dtype to float64, reseed every generator and switch the
+multiprocessing sharing strategy, and a build leaves e3nn's ``jit_mode`` at "script" (so every
+e3nn module built later, MACE's included, would be TorchScript-compiled). Those side effects are
+undone right away (:func:`_process_state_kept`) so that building a NequIP model leaves the rest
+of the process as it was.
 """
 
 from __future__ import annotations
 
+import importlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import e3nn
 import numpy as np
 import torch
 from ase.data import chemical_symbols
 from torch import Tensor
 
-from baselines.base import DEFAULT_ELEMENTS, AtomisticBaseline, ElementIndex
+from baselines.base import DEFAULT_ELEMENTS, AtomisticBaseline
 from deepset_moe.graph import radius_graph
 
 
-def _initialise_nequip_once() -> None:
-    """Run nequip's ``set_global_state`` once, then restore what it changes process-wide."""
-    from nequip.utils.global_state import global_state_initialized, set_global_state
-
-    if global_state_initialized():
-        return
+@contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """Restore on exit what nequip changes process-wide: torch's default dtype, the
+    multiprocessing sharing strategy, the torch / numpy / Python generators and e3nn's
+    optimisation defaults."""
     dtype = torch.get_default_dtype()
     sharing = torch.multiprocessing.get_sharing_strategy()
     torch_rng, python_rng = torch.get_rng_state(), random.getstate()
     numpy_rng = np.random.get_state()  # noqa: NPY002 (nequip reseeds numpy's legacy global RNG)
+    e3nn_defaults = e3nn.get_optimization_defaults()
     try:
-        set_global_state()
+        yield
     finally:
         torch.set_default_dtype(dtype)
         torch.multiprocessing.set_sharing_strategy(sharing)
         torch.set_rng_state(torch_rng)
         np.random.set_state(numpy_rng)  # noqa: NPY002
         random.setstate(python_rng)
-
-
-def _build_graph_model(
-    builder: Callable[..., Any], elements: Sequence[int], **settings: Any
-) -> Any:
-    """Call a nequip ``@model_builder`` for ``elements``, returning its GraphModel."""
-    _initialise_nequip_once()
-    return builder(
-        type_names=[chemical_symbols[z] for z in elements],
-        per_type_energy_shifts=0.0,
-        do_derivatives=False,
-        **settings,
-    )
+        jit_mode = e3nn_defaults.pop("jit_mode")
+        e3nn.set_optimization_defaults(**e3nn_defaults)
+        # after jit_script_fx, which e3nn maps onto jit_mode ("script" when True)
+        e3nn.set_optimization_defaults(jit_mode=jit_mode)
 
 
 class NequIPFamilyPotential(AtomisticBaseline):
@@ -70,28 +66,52 @@ class NequIPFamilyPotential(AtomisticBaseline):
     ``.double()`` on a float32-built model does not convert nequip's internal casts, so build
     with ``model_dtype="float64"`` for double precision. Inputs of another dtype are cast to the
     model dtype and the energies cast back.
+
+    Args:
+        builder: ``"module:function"`` of the package's ``@model_builder`` (imported here, so
+            that NequIP does not need nequip-allegro installed).
+        cutoff: r_max in Å.
+        elements: atomic numbers the model accepts (nequip ``type_names``).
+        model_dtype: "float32" or "float64".
+        seed: initialisation seed (nequip seeds its own generator with it).
+        avg_num_neighbors: normalisation of the neighbour sums.
+        per_type_energy_scales: scale of the per-atom energies (eV); the shifts are 0.
+        settings: the architecture's own builder arguments.
     """
 
     def __init__(
         self,
-        builder: Callable[..., Any],
+        builder: str,
         cutoff: float,
         elements: Sequence[int],
         model_dtype: str,
+        seed: int,
+        avg_num_neighbors: float,
+        per_type_energy_scales: float,
         **settings: Any,
     ) -> None:
-        super().__init__(cutoff)
         if model_dtype not in ("float32", "float64"):
             raise ValueError(f"model_dtype must be 'float32' or 'float64', got {model_dtype!r}")
+        super().__init__(cutoff, elements)
         self.model_dtype = getattr(torch, model_dtype)
-        self.element_index = ElementIndex(elements)
-        self.graph_model = _build_graph_model(
-            builder,
-            self.element_index.elements,
-            r_max=cutoff,
-            model_dtype=model_dtype,
-            **settings,
-        )
+        from nequip.utils.global_state import global_state_initialized, set_global_state
+
+        module_name, function_name = builder.split(":")
+        build = getattr(importlib.import_module(module_name), function_name)
+        with _process_state_kept():
+            if not global_state_initialized():
+                set_global_state()
+            self.graph_model = build(
+                type_names=[chemical_symbols[z] for z in self.element_index.elements],
+                r_max=cutoff,
+                model_dtype=model_dtype,
+                seed=seed,
+                avg_num_neighbors=avg_num_neighbors,
+                per_type_energy_shifts=0.0,
+                per_type_energy_scales=per_type_energy_scales,
+                do_derivatives=False,
+                **settings,
+            )
 
     def atomic_energies(self, z: Tensor, pos: Tensor, batch: Tensor, ptr: Tensor) -> Tensor:
         edge_index = radius_graph(pos, ptr, self.cutoff)
@@ -141,14 +161,14 @@ class NequIPPotential(NequIPFamilyPotential):
         elements: Sequence[int] = DEFAULT_ELEMENTS,
         seed: int = 0,
     ) -> None:
-        from nequip.model import NequIPGNNModel
-
         super().__init__(
-            NequIPGNNModel,
+            "nequip.model:NequIPGNNModel",
             cutoff,
             elements,
             model_dtype,
-            seed=seed,
+            seed,
+            avg_num_neighbors,
+            per_type_energy_scales,
             num_layers=num_layers,
             l_max=l_max,
             parity=parity,
@@ -157,8 +177,6 @@ class NequIPPotential(NequIPFamilyPotential):
             radial_mlp_width=radial_mlp_width,
             num_bessels=num_bessels,
             polynomial_cutoff_p=polynomial_cutoff_p,
-            avg_num_neighbors=avg_num_neighbors,
-            per_type_energy_scales=per_type_energy_scales,
         )
 
 
@@ -197,14 +215,14 @@ class AllegroPotential(NequIPFamilyPotential):
         elements: Sequence[int] = DEFAULT_ELEMENTS,
         seed: int = 0,
     ) -> None:
-        from allegro.model import AllegroModel
-
         super().__init__(
-            AllegroModel,
+            "allegro.model:AllegroModel",
             cutoff,
             elements,
             model_dtype,
-            seed=seed,
+            seed,
+            avg_num_neighbors,
+            per_type_energy_scales,
             l_max=l_max,
             parity=parity,
             radial_chemical_embed={
@@ -218,6 +236,4 @@ class AllegroPotential(NequIPFamilyPotential):
             scalar_embed_mlp_hidden_layers_width=mlp_width,
             allegro_mlp_hidden_layers_width=mlp_width,
             readout_mlp_hidden_layers_width=mlp_width // 2,
-            avg_num_neighbors=avg_num_neighbors,
-            per_type_energy_scales=per_type_energy_scales,
         )

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from baselines.base import DEFAULT_ELEMENTS, AtomisticBaseline, ElementIndex, seeded
+from baselines.base import DEFAULT_ELEMENTS, AtomisticBaseline, seeded
 from deepset_moe.graph import edge_vectors, radius_graph
 from kernels.segment_sum import segment_sum_index
 
@@ -127,8 +127,7 @@ class PaiNNPotential(AtomisticBaseline):
         elements: Sequence[int] = DEFAULT_ELEMENTS,
         seed: int = 0,
     ) -> None:
-        super().__init__(cutoff)
-        self.element_index = ElementIndex(elements)
+        super().__init__(cutoff, elements)
         with seeded(seed):
             self.embedding = nn.Embedding(len(self.element_index), features)
             self.radial_basis = SineRadialBasis(num_radial, cutoff)

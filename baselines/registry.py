@@ -106,6 +106,25 @@ model_names = list_models
 """Alias used by :mod:`benchmark.models`."""
 
 
+def available_models() -> list[str]:
+    """Registered baselines that can be built here (their package is installed and their
+    module imports), in registry order. Imports the model modules of every baseline."""
+    return [name for name in _REGISTRY if missing_requirement(name) is None]
+
+
+def missing_requirement(name: str) -> str | None:
+    """Why ``name`` cannot be built here (the package and its pip line), or None if it can."""
+    spec = _spec(name)
+    try:
+        metadata.version(spec.package)
+        _model_class(name)
+    except metadata.PackageNotFoundError:
+        return f"baseline {name!r} needs {spec.package!r}: pip install '{spec.install}'"
+    except ImportError as error:
+        return str(error)
+    return None
+
+
 def _spec(name: str) -> BaselineSpec:
     if name not in _REGISTRY:
         raise ValueError(f"unknown baseline {name!r}; registered baselines: {list_models()}")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch_geometric.nn.models import SchNet
 
-from baselines.base import DEFAULT_ELEMENTS, AtomisticBaseline, ElementIndex, seeded
+from baselines.base import DEFAULT_ELEMENTS, AtomisticBaseline, seeded
 from deepset_moe.graph import edge_vectors, radius_graph
 
 
@@ -56,8 +56,7 @@ class SchNetPotential(AtomisticBaseline):
         elements: Sequence[int] = DEFAULT_ELEMENTS,
         seed: int = 0,
     ) -> None:
-        super().__init__(cutoff)
-        self.element_index = ElementIndex(elements)
+        super().__init__(cutoff, elements)
         with seeded(seed):
             self.schnet = SchNet(
                 hidden_channels=hidden_channels,

@@ -16,9 +16,9 @@ from functools import cache
 import pytest
 import torch
 
-from baselines import build_model, list_models, model_info
+from baselines import available_models, build_model, list_models, model_info
 from baselines.dimenet import edge_triplets
-from baselines.registry import default_config
+from baselines.registry import default_config, missing_requirement
 from deepset_moe.e0 import AtomicReferenceEnergies, PotentialWithE0
 from deepset_moe.graph import radius_graph
 from tests.physics_suite import (
@@ -46,8 +46,10 @@ SMALL_CONFIGS: dict[str, dict] = {
         "int_emb_size": 8,
         "basis_emb_size": 4,
         "num_blocks": 2,
-        "num_spherical": 3,
-        "num_radial": 4,
+        # PyG derives the spherical Bessel basis symbolically (sympy) at every construction:
+        # its cost grows with num_spherical * num_radial
+        "num_spherical": 2,
+        "num_radial": 3,
     },
     "painn": {"features": 16, "num_layers": 2, "num_radial": 8},
     "mace": {
@@ -123,9 +125,9 @@ E0 = {1: -13.6, 6: -1029.8, 7: -1484.9, 8: -2041.3}
 
 
 @cache
-def small_model(name: str, seed: int = 0) -> torch.nn.Module:
-    """A small float32 model (callers that change dtype or mode use their own copy)."""
-    return build_model(name, seed=seed, **SMALL_CONFIGS[name])
+def small_model(name: str) -> torch.nn.Module:
+    """A small float32 model, seed 0 (callers that change dtype or mode use their own copy)."""
+    return build_model(name, seed=0, **SMALL_CONFIGS[name])
 
 
 def fresh_small_model(name: str) -> torch.nn.Module:
@@ -194,10 +196,12 @@ def test_isolated_atoms_and_e0(name: str) -> None:
 
 @pytest.mark.parametrize("name", registered())
 def test_seed_reproducible(name: str) -> None:
+    """A new build with the seed of the cached model (built earlier, with other models built
+    in between) is identical to it; another seed gives another model."""
     batch = make_batch()
-    first = build_model(name, seed=3, **SMALL_CONFIGS[name]).double().eval()(batch)
-    second = build_model(name, seed=3, **SMALL_CONFIGS[name]).double().eval()(batch)
-    other = build_model(name, seed=4, **SMALL_CONFIGS[name]).double().eval()(batch)
+    first = fresh_small_model(name).double().eval()(batch)
+    second = build_model(name, seed=0, **SMALL_CONFIGS[name]).double().eval()(batch)
+    other = build_model(name, seed=1, **SMALL_CONFIGS[name]).double().eval()(batch)
     torch.testing.assert_close(first["energy"], second["energy"], atol=0, rtol=0)
     assert not torch.allclose(first["energy"], other["energy"])
 
@@ -209,6 +213,13 @@ def test_model_info(name: str) -> None:
     assert info["default_config"]["seed"] == 0
     assert info["default_config"]["cutoff"] == 5.0
     assert set(SMALL_CONFIGS[name]) <= set(default_config(name))
+
+
+def test_available_models_are_the_installed_registered_ones() -> None:
+    fairchem_installed = importlib.util.find_spec("fairchem") is not None
+    expected = [n for n in list_models() if fairchem_installed or n not in FAIRCHEM_MODELS]
+    assert available_models() == expected
+    assert all(missing_requirement(name) is None for name in expected)
 
 
 def test_unknown_name_lists_registered_models() -> None:
@@ -248,19 +259,22 @@ def test_edge_triplets_match_brute_force() -> None:
 
 
 NEQUIP_STATE_SCRIPT = """
-import numpy, torch
+import e3nn, numpy, torch
 from baselines import build_model
 torch.manual_seed(7); numpy.random.seed(7)
 expected = torch.rand(3), numpy.random.rand(3)
 torch.manual_seed(7); numpy.random.seed(7)
+e3nn_defaults = e3nn.get_optimization_defaults()
 build_model("nequip", num_layers=1, num_features=4, radial_mlp_width=8)
 assert torch.get_default_dtype() == torch.float32, torch.get_default_dtype()
 assert torch.equal(torch.rand(3), expected[0]) and (numpy.random.rand(3) == expected[1]).all()
+assert e3nn.get_optimization_defaults() == e3nn_defaults, e3nn.get_optimization_defaults()
 """
 
 
 def test_nequip_global_state_does_not_leak() -> None:
-    """nequip's first build would set float64 as torch default and reseed every generator."""
+    """nequip's first build would set float64 as torch default, reseed every generator and
+    switch e3nn to TorchScript."""
     result = subprocess.run(
         [sys.executable, "-c", NEQUIP_STATE_SCRIPT], capture_output=True, text=True, check=False
     )
@@ -364,6 +378,8 @@ def test_fairchem_models_name_install_steps_when_missing(monkeypatch: pytest.Mon
         for requirement in ("torch-scatter", "torch-sparse", "--no-deps", "--no-build-isolation"):
             assert requirement in str(error.value)
         assert model_info(name)["default_config"] is None
+        assert name not in available_models()
+        assert "fairchem-core==1.3.0" in missing_requirement(name)
 
 
 @requires_fairchem
