@@ -46,8 +46,6 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 TEST_SPLITS = ("id_test", "ood_test")
 DEFAULT_RUNS_DIR = Path("runs")
-ROUTING_MAX_BATCHES = 2
-"""Batches per test split the routing callback looks at each epoch (keeps epochs cheap)."""
 
 
 def default_out_dir(model_name: str, task: str, preset: str, seed: int) -> Path:
@@ -232,8 +230,4 @@ def _default_callbacks(model_name: str, final_epoch: int) -> list[Callback]:
     except ImportError as error:
         logger.warning("routing logging unavailable (%s); training without it", error)
         return []
-    return [
-        routing_logging.RoutingTensorBoardCallback(
-            final_epoch=final_epoch, max_batches=ROUTING_MAX_BATCHES
-        )
-    ]
+    return [routing_logging.RoutingTensorBoardCallback(final_epoch=final_epoch)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -97,3 +98,12 @@ def evaluation_loader(
         raise ValueError("cannot evaluate on an empty list of frames")
     shard = list(range(context.rank, len(frames), context.world_size))
     return _loader(frames, batch_size, shard)
+
+
+def seeded_subset(frames: Sequence[Frame], limit: int | None, seed: int) -> list[Frame]:
+    """At most ``limit`` frames drawn with ``seed`` from the whole sequence, in their original
+    order (``None``: all), so that a capped evaluation covers every molecule of a split."""
+    if limit is None or len(frames) <= limit:
+        return list(frames)
+    keep = np.sort(np.random.default_rng(seed).choice(len(frames), size=limit, replace=False))
+    return [frames[i] for i in keep]

@@ -19,7 +19,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from benchmark.stability import StabilitySettings, stability_study
@@ -57,8 +56,9 @@ def cached_analysis(
     """``compute()`` on one torch thread, cached in ``<cell>/analysis_<name>.json`` (keyed by
     the settings and the checkpoint's size and mtime)."""
     stat = checkpoint_path(cell).stat()
-    key = json.loads(json.dumps({"settings": settings, "checkpoint": [stat.st_size,
-                                                                      stat.st_mtime_ns]}))
+    key = json.loads(
+        json.dumps({"settings": settings, "checkpoint": [stat.st_size, stat.st_mtime_ns]})
+    )
     path = Path(cell) / f"analysis_{name}.json"
     if path.exists():
         cached = json.loads(path.read_text())
@@ -70,14 +70,6 @@ def cached_analysis(
     partial.write_text(json.dumps({"key": key, "value": value}, indent=1) + "\n")
     partial.replace(path)
     return value
-
-
-def seeded_subset(frames: Sequence[Frame], limit: int, seed: int) -> list[Frame]:
-    """At most ``limit`` frames drawn with ``seed``, in their original order."""
-    if len(frames) <= limit:
-        return list(frames)
-    keep = np.sort(np.random.default_rng(seed).choice(len(frames), size=limit, replace=False))
-    return [frames[i] for i in keep]
 
 
 def _calculator_factory(cell: Path) -> Callable[[], Any]:
@@ -106,14 +98,17 @@ def model_stability(
 
 
 def model_routing(
-    cell: str | Path, id_frames: Sequence[Frame], ood_frames: Sequence[Frame], max_frames: int,
+    cell: str | Path,
+    id_frames: Sequence[Frame],
+    ood_frames: Sequence[Frame],
+    max_frames: int,
     seed: int,
 ) -> dict[str, Any] | None:
     """``deepset_moe.routing_metrics.routing_summary`` of ID vs OOD test frames (cached).
 
     At most ``max_frames`` seeded frames per split; ``None`` for a model without routing.
     """
-    from benchmark.loaders import evaluation_loader
+    from benchmark.loaders import evaluation_loader, seeded_subset
     from deepset_moe.routing_metrics import collect_routing, routing_summary
 
     cell = Path(cell)
@@ -142,7 +137,7 @@ def model_attribution(
     ``deepset_moe.attribution.split_attribution_summary`` of at most ``max_molecules``
     seeded test frames per split.
     """
-    from benchmark.loaders import evaluation_loader
+    from benchmark.loaders import evaluation_loader, seeded_subset
     from deepset_moe.attribution import attribute_molecules, split_attribution_summary
 
     cell = Path(cell)

@@ -65,7 +65,7 @@ from benchmark.distributed import DistributedContext, all_reduce_sum
 from benchmark.ema import ExponentialMovingAverage
 from benchmark.evaluation import Predictions, evaluate
 from benchmark.fragments import FRAGMENT_NAMES
-from benchmark.loaders import evaluation_loader, frame_ids, training_loader
+from benchmark.loaders import evaluation_loader, frame_ids, seeded_subset, training_loader
 from benchmark.lr_schedule import WarmupPlateauSchedule
 from benchmark.presets import TrainingPreset
 from benchmark.storage import Frame
@@ -79,6 +79,9 @@ BEST_CHECKPOINT = "best.pt"
 LOG_FILE = "train.log"
 TENSORBOARD_DIR = "tensorboard"
 EVAL_TIME_SAFETY = 1.5
+CALLBACK_MAX_FRAMES = 128
+"""Frames per split handed to epoch callbacks (e.g. routing metrics): a seeded subset drawn
+from the whole split, so every molecule is represented whatever the cap."""
 """Factor on the measured evaluation time kept in reserve before the deadline."""
 
 
@@ -250,14 +253,15 @@ class Trainer:
         self.train_loader = training_loader(
             train_frames, preset.batch_size, seed, self.context, preset.max_frames_per_epoch
         )
-        self.val_frames = _seeded_subset(val_frames, preset.max_val_frames, seed)
+        self.val_frames = seeded_subset(val_frames, preset.max_val_frames, seed)
         self.val_loader = evaluation_loader(self.val_frames, preset.eval_batch_size, self.context)
+        splits = {"train": train_frames, "val": self.val_frames, **(test_frames or {})}
         self.callback_loaders: dict[str, DataLoader] = {
-            "train": evaluation_loader(train_frames, preset.eval_batch_size),
-            "val": evaluation_loader(self.val_frames, preset.eval_batch_size),
+            split: evaluation_loader(
+                seeded_subset(frames, CALLBACK_MAX_FRAMES, seed), preset.eval_batch_size
+            )
+            for split, frames in splits.items()
         }
-        for split, frames in (test_frames or {}).items():
-            self.callback_loaders[split] = evaluation_loader(frames, preset.eval_batch_size)
 
         self.epoch = 0
         self.history: list[dict[str, float]] = []
@@ -621,14 +625,6 @@ class Trainer:
         if package_logger.level == logging.NOTSET or package_logger.level > logging.INFO:
             package_logger.setLevel(logging.INFO)
         return handler
-
-
-def _seeded_subset(frames: Sequence[Frame], limit: int | None, seed: int) -> list[Frame]:
-    """At most ``limit`` frames chosen with ``seed`` (original order kept)."""
-    if limit is None or len(frames) <= limit:
-        return list(frames)
-    chosen = np.sort(np.random.default_rng(seed).choice(len(frames), size=limit, replace=False))
-    return [frames[i] for i in chosen]
 
 
 def _seed_everything(seed: int) -> None:
