@@ -13,10 +13,7 @@ import argparse
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from rdkit import Chem
-from rdkit.Chem import AllChem
 from torch import nn
 
 from baselines.registry import (
@@ -25,9 +22,8 @@ from baselines.registry import (
     list_models,
     missing_requirement,
 )
+from benchmark.conformers import unlabelled_frame
 from benchmark.datasets import Batch, collate_frames
-from benchmark.fragments import fragments_from_smiles
-from benchmark.storage import Frame
 
 BENCHMARK_SMILES: tuple[str, ...] = (
     "OCCCCCCCC(=O)O",
@@ -40,28 +36,10 @@ BENCHMARK_SMILES: tuple[str, ...] = (
 
 def conformer_batch(batch_size: int, seed: int = 0) -> Batch:
     """``batch_size`` ETKDG conformers cycling through :data:`BENCHMARK_SMILES` (zero labels)."""
-    frames = []
-    for index in range(batch_size):
-        smiles = BENCHMARK_SMILES[index % len(BENCHMARK_SMILES)]
-        mol, fragment = fragments_from_smiles(smiles)
-        params = AllChem.ETKDGv3()
-        params.randomSeed = seed + index
-        if AllChem.EmbedMolecule(mol, params) != 0:
-            raise RuntimeError(f"ETKDG failed for {smiles}")
-        positions = mol.GetConformer().GetPositions()
-        frames.append(
-            Frame(
-                numbers=np.array([atom.GetAtomicNum() for atom in mol.GetAtoms()]),
-                positions=positions,
-                fragment=np.asarray(fragment),
-                energy=0.0,
-                forces=np.zeros_like(positions),
-                smiles=Chem.MolToSmiles(Chem.RemoveHs(mol)),
-                molecule_id=smiles,
-                trajectory_id=f"{smiles}/{index}",
-                reference="none",
-            )
-        )
+    frames = [
+        unlabelled_frame(BENCHMARK_SMILES[index % len(BENCHMARK_SMILES)], seed + index)
+        for index in range(batch_size)
+    ]
     return collate_frames(frames)
 
 

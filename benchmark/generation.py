@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from benchmark import dataset_dir as layout
 from benchmark.fragments import fragments_from_smiles
+from benchmark.jsonio import write_json
 from benchmark.molecules import MoleculeSpec
 from benchmark.references import get_calculator, reference_name
 from benchmark.storage import Frame, write_frames
@@ -254,9 +255,7 @@ def generate_trajectory(
     """
     start = time.perf_counter()
     molecule, fragments = fragments_from_smiles(spec.smiles)
-    positions = _embed_conformer(
-        molecule, spec, index, settings.trajectories_per_molecule, seed
-    )
+    positions = _embed_conformer(molecule, spec, index, settings.trajectories_per_molecule, seed)
     atoms = Atoms(numbers=[a.GetAtomicNum() for a in molecule.GetAtoms()], positions=positions)
     atoms.set_constraint(FixCom())
     same_as_md = isinstance(reference, str) and reference == settings.md_calculator
@@ -383,14 +382,8 @@ def _start_config(out: Path, config: dict[str, Any]) -> float:
         raise BuildConfigError(
             f"{out} holds a build with other settings ({detail}); use another --out directory"
         )
-    _write_json(path, {**config, "status": "running"})
+    write_json(path, {**config, "status": "running"})
     return float(previous.get("total_wall_time_s", 0.0))
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2) + "\n")
-    partial.replace(path)
 
 
 def _store(out: Path, result: TrajectoryResult) -> None:
@@ -398,7 +391,7 @@ def _store(out: Path, result: TrajectoryResult) -> None:
     failures_path = layout.trajectory_failures_path(out, result.molecule_id, result.index)
     if result.failures:
         failures_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(failures_path, {"failures": result.failures})
+        write_json(failures_path, {"failures": result.failures})
     else:
         failures_path.unlink(missing_ok=True)
     write_frames(layout.trajectory_path(out, result.molecule_id, result.index), result.frames)
@@ -409,7 +402,7 @@ def _collect_failures(out: Path, unit_errors: list[dict[str, Any]]) -> list[dict
     for path in (out / layout.FRAMES_DIR).glob(f"*/*{layout.FAILURES_SUFFIX}"):
         records.extend(json.loads(path.read_text())["failures"])
     records.sort(key=lambda r: (r["molecule_id"], r["trajectory"], r["step"], r["stage"]))
-    _write_json(out / layout.FAILURES_FILE, {"count": len(records), "failures": records})
+    write_json(out / layout.FAILURES_FILE, {"count": len(records), "failures": records})
     return records
 
 
@@ -469,8 +462,9 @@ def _write_manifests(out: Path, preset: str, config: dict[str, Any]) -> None:
 
 
 def _default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count() or 1)
+    return max(
+        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
 
 
 def build_dataset(
@@ -530,28 +524,51 @@ def build_dataset(
         ]
         logger.info(
             "build %s: %d trajectories, %d to compute, reference %s, MD by %s, seed %d",
-            out, len(units), len(todo), config["reference"], settings.md_calculator, seed,
+            out,
+            len(units),
+            len(todo),
+            config["reference"],
+            settings.md_calculator,
+            seed,
         )
         unit_errors: list[dict[str, Any]] = []
-        bar = tqdm(total=len(units), initial=len(units) - len(todo), unit="traj",
-                   disable=not progress, desc=f"gmd26 build {preset}")
+        bar = tqdm(
+            total=len(units),
+            initial=len(units) - len(todo),
+            unit="traj",
+            disable=not progress,
+            desc=f"gmd26 build {preset}",
+        )
 
         def on_done(args: tuple[Any, ...], future: Any) -> None:
             spec, index = args[0], args[1]
             try:
                 result = future.result()
             except Exception as error:
-                unit_errors.append(_failure(spec, index, -1, "setup",
-                                            f"{type(error).__name__}: {error}"))
+                unit_errors.append(
+                    _failure(spec, index, -1, "setup", f"{type(error).__name__}: {error}")
+                )
                 logger.error("%s t%d failed: %s", spec.molecule_id, index, error)
             else:
                 _store(out, result)
-                logger.info("%s t%d: %d frames, %d failures, %d MD steps, %.2f s",
-                            spec.molecule_id, index, len(result.frames), len(result.failures),
-                            result.md_steps, result.seconds)
+                logger.info(
+                    "%s t%d: %d frames, %d failures, %d MD steps, %.2f s",
+                    spec.molecule_id,
+                    index,
+                    len(result.frames),
+                    len(result.failures),
+                    result.md_steps,
+                    result.seconds,
+                )
                 for record in result.failures:
-                    logger.warning("%s t%d step %d [%s] failed: %s", spec.molecule_id, index,
-                                   record["step"], record["stage"], record["error"])
+                    logger.warning(
+                        "%s t%d step %d [%s] failed: %s",
+                        spec.molecule_id,
+                        index,
+                        record["step"],
+                        record["stage"],
+                        record["error"],
+                    )
             bar.update(1)
 
         if executor is not None:
@@ -563,8 +580,9 @@ def build_dataset(
                     _run_units(SerialExecutor(), generate_trajectory, todo, 1, on_done)
             else:
                 context = multiprocessing.get_context("spawn")
-                with ProcessPoolExecutor(n_workers, mp_context=context,
-                                         initializer=limit_threads) as pool:
+                with ProcessPoolExecutor(
+                    n_workers, mp_context=context, initializer=limit_threads
+                ) as pool:
                     _run_units(pool, generate_trajectory, todo, 2 * n_workers, on_done)
         bar.close()
 
@@ -572,24 +590,33 @@ def build_dataset(
         _write_manifests(out, preset, config)
         n_frames, n_atoms, missing = _count_frames(out, units)
         wall = time.perf_counter() - start
-        _write_json(out / layout.BUILD_FILE, {
-            **config,
-            "status": "complete" if not missing else "incomplete",
-            "wall_time_s": round(wall, 1),
-            "total_wall_time_s": round(previous_wall + wall, 1),
-            "counts": {
-                "molecules": len({spec.molecule_id for spec, _ in units}),
-                "trajectories": len(units) - len(missing),
-                "frames": n_frames,
-                "atoms": n_atoms,
-                "failures": len(failures),
-                "missing_trajectories": len(missing),
+        write_json(
+            out / layout.BUILD_FILE,
+            {
+                **config,
+                "status": "complete" if not missing else "incomplete",
+                "wall_time_s": round(wall, 1),
+                "total_wall_time_s": round(previous_wall + wall, 1),
+                "counts": {
+                    "molecules": len({spec.molecule_id for spec, _ in units}),
+                    "trajectories": len(units) - len(missing),
+                    "frames": n_frames,
+                    "atoms": n_atoms,
+                    "failures": len(failures),
+                    "missing_trajectories": len(missing),
+                },
             },
-        })
-        logger.info("done in %.1f s: %d frames, %d failures, %d missing trajectories",
-                    wall, n_frames, len(failures), len(missing))
+        )
+        logger.info(
+            "done in %.1f s: %d frames, %d failures, %d missing trajectories",
+            wall,
+            n_frames,
+            len(failures),
+            len(missing),
+        )
     finally:
         logger.removeHandler(handler)
         handler.close()
-    return BuildSummary(out, n_frames, len(units) - len(missing), len(todo), failures, missing,
-                        wall)
+    return BuildSummary(
+        out, n_frames, len(units) - len(missing), len(todo), failures, missing, wall
+    )

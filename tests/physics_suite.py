@@ -16,12 +16,10 @@ from itertools import pairwise
 
 import numpy as np
 import torch
-from rdkit import Chem
-from rdkit.Chem import AllChem
 from torch import Tensor, nn
 
+from benchmark.conformers import unlabelled_frame
 from benchmark.datasets import Batch, collate_frames
-from benchmark.fragments import fragments_from_smiles
 from benchmark.storage import Frame
 
 TEST_SMILES: tuple[str, ...] = ("OCCC(=O)O", "NCCC=O", "CC(O)CC")
@@ -30,26 +28,10 @@ TEST_SMILES: tuple[str, ...] = ("OCCC(=O)O", "NCCC=O", "CC(O)CC")
 
 def molecule_frame(smiles: str, seed: int = 0) -> Frame:
     """One ETKDG conformer (MMFF-relaxed, then jiggled by 0.05 Å) of ``smiles``, unlabelled."""
-    mol, fragment = fragments_from_smiles(smiles)
-    params = AllChem.ETKDGv3()
-    params.randomSeed = seed
-    if AllChem.EmbedMolecule(mol, params) != 0:
-        raise RuntimeError(f"ETKDG failed for {smiles}")
-    AllChem.MMFFOptimizeMolecule(mol)
+    frame = unlabelled_frame(smiles, seed, relax=True)
     rng = np.random.default_rng(seed)
-    positions = mol.GetConformer().GetPositions() + rng.normal(0, 0.05, (mol.GetNumAtoms(), 3))
-    numbers = np.array([atom.GetAtomicNum() for atom in mol.GetAtoms()])
-    return Frame(
-        numbers=numbers,
-        positions=positions,
-        fragment=np.asarray(fragment),
-        energy=0.0,
-        forces=np.zeros_like(positions),
-        smiles=Chem.MolToSmiles(Chem.RemoveHs(mol)),
-        molecule_id=smiles,
-        trajectory_id=f"{smiles}/t0",
-        reference="none",
-    )
+    frame.positions = frame.positions + rng.normal(0, 0.05, frame.positions.shape)
+    return frame
 
 
 def make_batch(smiles: Sequence[str] = TEST_SMILES, seed: int = 0) -> Batch:

@@ -18,22 +18,9 @@ from deepset_moe.radial import BesselBasis, PolynomialEnvelope
 from deepset_moe.router import load_balancing_loss, router_z_loss
 from kernels.routing import topk_gate
 from tests.physics_suite import evaluate, make_batch, pair_batch, run_all_checks
+from tests.small_deepset_moe import SMALL_CONFIG
 
-SMALL = dict(
-    num_radial=6,
-    radial_hidden=16,
-    l_max=2,
-    num_channels=4,
-    species_dim=8,
-    encoder_hidden=32,
-    latent_dim=16,
-    num_experts=4,
-    top_k=2,
-    fragment_dim=8,
-    expert_hidden=16,
-    expert_out_dim=16,
-    readout_hidden=16,
-)
+SMALL = SMALL_CONFIG
 
 STABLE_ROUTING_SEED = 4
 """Initialisation seed for which, in every router mode, each test-molecule atom's k-th and
