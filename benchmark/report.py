@@ -378,11 +378,12 @@ def routing_table(summary: Mapping[str, Any]) -> str:
             ("nmi_fragment_top1", "NMI(fragment, top-1 expert)"),
         )
     ]
-    rows += [
-        [f"JS divergence ID↔OOD: {name} (bits)", _number(value), ""]
-        for name, value in summary["js_divergence"].items()
-    ]
-    return markdown_table(["routing metric", "ID", "OOD"], rows)
+    js = summary["js_divergence"]
+    divergence = markdown_table(
+        ["Jensen-Shannon divergence ID↔OOD (bits)", *js],
+        [["expert distribution per fragment", *(_number(value) for value in js.values())]],
+    )
+    return markdown_table(["routing metric", "ID", "OOD"], rows) + "\n\n" + divergence
 
 
 def attribution_table(summaries: Mapping[str, dict[str, Any]]) -> str:
