@@ -41,11 +41,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.constraints import FixCom
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from rdkit import Chem
 from rdkit.Chem import AllChem
 from tqdm import tqdm
@@ -53,6 +51,7 @@ from tqdm import tqdm
 from benchmark import dataset_dir as layout
 from benchmark.fragments import fragments_from_smiles
 from benchmark.jsonio import write_json
+from benchmark.md import seeded_langevin
 from benchmark.molecules import MoleculeSpec
 from benchmark.references import get_calculator, reference_name
 from benchmark.storage import Frame, write_frames
@@ -269,14 +268,11 @@ def generate_trajectory(
     name = reference_name(reference)
 
     rng = np.random.default_rng(derive_seed(seed, spec.molecule_id, "trajectory", index))
-    thermalize_momenta(atoms, settings.temperature_K, rng=rng)
-    Stationary(atoms)
-    dynamics = Langevin(
+    dynamics = seeded_langevin(
         atoms,
-        timestep=settings.timestep_fs * units.fs,
         temperature_K=settings.temperature_K,
-        friction=settings.friction_per_fs / units.fs,
-        fixcm=False,
+        timestep_fs=settings.timestep_fs,
+        friction_per_fs=settings.friction_per_fs,
         rng=rng,
     )
     frames: list[Frame] = []

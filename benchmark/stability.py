@@ -30,13 +30,11 @@ from dataclasses import asdict, dataclass
 
 import ase
 import numpy as np
-from ase import units
 from ase.calculators.calculator import Calculator
 from ase.constraints import FixCom
 from ase.data import covalent_radii
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
+from benchmark.md import seeded_langevin
 from benchmark.storage import Frame
 
 BOND_SCALE = 1.2
@@ -168,16 +166,13 @@ def run_stability(
     atoms.set_constraint(FixCom())
     bonds = reference_bonds(frame.numbers, frame.positions)
     rng = np.random.default_rng(seed)
-    thermalize_momenta(atoms, temperature_K=settings.temperature_k, rng=rng)
-    Stationary(atoms)
-    ZeroRotation(atoms)
-    dynamics = Langevin(
+    dynamics = seeded_langevin(
         atoms,
-        timestep=settings.timestep_fs * units.fs,
         temperature_K=settings.temperature_k,
-        friction=settings.friction_per_fs / units.fs,
-        fixcm=False,
+        timestep_fs=settings.timestep_fs,
+        friction_per_fs=settings.friction_per_fs,
         rng=rng,
+        zero_rotation=True,
     )
 
     def failed(step: int, reason: str) -> StabilityResult:
