@@ -12,16 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
-from ase.data import atomic_numbers
 from torch import Tensor, nn
 
-from benchmark.fragments import SUPPORTED_ELEMENTS
+from deepset_moe.forces import forces_from_energy
 from kernels.segment_sum import segment_sum_csr
 
-DEFAULT_ELEMENTS: tuple[int, ...] = tuple(atomic_numbers[symbol] for symbol in SUPPORTED_ELEMENTS)
-"""Atomic numbers of the GMD-26 elements (H, C, N, O): the default element channels."""
+DEFAULT_ELEMENTS: tuple[int, ...] = (1, 6, 7, 8)
+"""Atomic numbers of H, C, N, O (the GMD-26 elements): the default element channels."""
 
 
 class ElementIndex(nn.Module):
@@ -76,6 +76,12 @@ class AtomisticBaseline(nn.Module):
         self.cutoff = float(cutoff)
         self.element_index = ElementIndex(elements)
 
+    @classmethod
+    def from_config(cls, **settings: Any) -> AtomisticBaseline:
+        """Build from keyword settings (the registry's and the checkpoint loader's
+        constructor)."""
+        return cls(**settings)
+
     def atomic_energies(self, z: Tensor, pos: Tensor, batch: Tensor, ptr: Tensor) -> Tensor:
         """Per-atom residual energies [N] in eV.
 
@@ -100,15 +106,5 @@ class AtomisticBaseline(nn.Module):
                 pos = pos.detach().requires_grad_(True)
             node_energy = self.atomic_energies(batch["z"], pos, batch["batch"], ptr)
             energy = segment_sum_csr(node_energy.unsqueeze(-1), ptr).squeeze(-1)
-            gradient = position_gradient(energy, pos, create_graph=self.training)
-        return {"energy": energy, "forces": -gradient, "node_energy": node_energy}
-
-
-def position_gradient(energy: Tensor, pos: Tensor, create_graph: bool) -> Tensor:
-    """dE/dpos [N, 3] of the summed energies; zeros where ``pos`` does not enter (lone atoms)."""
-    if not energy.requires_grad:
-        return torch.zeros_like(pos)
-    (gradient,) = torch.autograd.grad(
-        energy.sum(), pos, create_graph=create_graph, allow_unused=True, materialize_grads=True
-    )
-    return gradient
+            forces = forces_from_energy(energy, pos, create_graph=self.training)
+        return {"energy": energy, "forces": forces, "node_energy": node_energy}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from deepset_moe.atomic_io import atomic_write
 
 
 def json_safe(value: Any) -> Any:
@@ -25,9 +26,7 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(path: str | Path, payload: Mapping[str, Any]) -> None:
-    """Write ``json_safe(payload)`` atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
+    """Write ``json_safe(payload)`` atomically (:func:`deepset_moe.atomic_io.atomic_write`;
+    parent folders are created)."""
+    with atomic_write(path) as partial:
+        partial.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=True) + "\n")

@@ -9,28 +9,40 @@ last, holding the trainer's result and the cell's status:
   reported failure, or returned non-finite metrics (diverged).
 
 The matrix is resumable: a cell whose ``result.json`` has status ``ok`` or ``failed`` is never
-recomputed, so an interrupted run is continued by running the same command again (with
-``retry_failed``, failed cells are trained again, e.g. after fixing their cause). A failing
-cell never stops the matrix. Progress (cells done, estimated time left) goes to stderr and,
-with every cell start / skip / end, to ``<out>/run.log``; ``<out>/run.json`` records the
-command, the machine and the timings of every invocation.
+recomputed, and an unfinished cell continues from its ``last.pt``, so an interrupted run is
+continued by running the same command again (with ``retry_failed``, failed cells are trained
+again, e.g. after fixing their cause). A failing cell never stops the matrix. Progress (cells
+done, estimated time left) goes to stderr and, with every cell start / skip / end, to
+``<out>/run.log``; ``<out>/run.json`` records the plan, the command, the machine and the
+timings of every invocation.
+
+A run folder belongs to one protocol: running a plan whose preset, preset overrides, model
+settings, data, safety cap or threads differ from the folder's ``run.json`` is refused
+(:class:`PlanMismatchError`); more tasks, models or seeds may be added.
+
+Cells run in ``workers`` processes at once, each on ``threads_per_cell`` torch threads. The
+thread count is part of the protocol (it can change floating-point sums), the worker count is
+not: the same plan gives the same metrics sequentially or in a pool, on a busy or an idle
+machine, because budgets are optimiser steps.
 
 The default matrix (:data:`DEFAULT_MODELS` x :data:`DEFAULT_TASKS`, one seed, preset
-:data:`DEFAULT_PRESET` capped at :data:`DEFAULT_CELL_MINUTES` per cell) is sized to finish,
-report included, in about 30 minutes on 2 CPU cores with the shipped data.
+:data:`DEFAULT_PRESET`, two workers) is sized to finish, report included, in about 30
+minutes on 2 CPU cores with the shipped data.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import platform
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,18 +50,25 @@ from typing import Any, TextIO
 
 import torch
 
+from benchmark.dataset.tasks import TASK_NAMES
 from benchmark.jsonio import write_json
-from benchmark.tasks import TASK_NAMES
 
 DEFAULT_TASKS: tuple[str, ...] = TASK_NAMES
 DEFAULT_MODELS: tuple[str, ...] = ("deepset_moe", "schnet", "painn")
 """DeepSet-MoE and the two fastest baselines on CPU."""
 DEFAULT_PRESET = "quick"
-DEFAULT_CELL_MINUTES = 1.5
-"""Per-cell wall-clock budget (training + evaluation) of the default matrix: 12 cells x 1.5
-min = 18 min, leaving about 10 of the 30 minutes for the report (SOAP distances; MD stability,
-2 molecules x 1000 steps x 12 cells at ~15 ms per step on one thread, ~6 min)."""
 DEFAULT_SEEDS = 1
+DEFAULT_WORKERS = 2
+"""Cells at once: one per core of the 2-core reference machine."""
+PROTOCOL_KEYS = (
+    "preset",
+    "preset_overrides",
+    "model_configs",
+    "data_dir",
+    "cell_minutes",
+    "threads_per_cell",
+)
+"""Plan fields that define a run folder's protocol (see :class:`PlanMismatchError`)."""
 
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.log"
@@ -69,15 +88,18 @@ class MatrixPlan:
 
     Attributes:
         out_dir: run directory.
-        data_dir: dataset directory (``benchmark.dataset_dir`` layout).
+        data_dir: dataset directory (``benchmark.dataset.layout`` layout).
         tasks, models: the matrix axes.
         seeds: number of seeds; cell k uses seed k (0-based).
         preset: trainer preset name.
-        cell_minutes: wall-clock cap per cell, minutes (``None``: the preset's own).
+        cell_minutes: wall-clock safety cap per cell, minutes (``None``: the preset's own);
+            a cell that hits it says so in its result.
         preset_overrides: other preset fields to override (e.g. ``{"lr": 10.0}``).
         model_configs: per-model hyperparameter overrides ``{model: {name: value}}``.
         device: ``"cpu"`` or ``"cuda"``.
         retry_failed: train cells that finished ``failed`` again (``ok`` cells stay).
+        workers: cells trained at once, each in its own process.
+        threads_per_cell: torch threads of each cell.
     """
 
     out_dir: Path
@@ -86,11 +108,13 @@ class MatrixPlan:
     models: tuple[str, ...] = DEFAULT_MODELS
     seeds: int = DEFAULT_SEEDS
     preset: str = DEFAULT_PRESET
-    cell_minutes: float | None = DEFAULT_CELL_MINUTES
+    cell_minutes: float | None = None
     preset_overrides: dict[str, Any] = field(default_factory=dict)
     model_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     device: str = "cpu"
     retry_failed: bool = False
+    workers: int = 1
+    threads_per_cell: int = 1
 
     def __post_init__(self) -> None:
         self.out_dir, self.data_dir = Path(self.out_dir), Path(self.data_dir)
@@ -101,6 +125,8 @@ class MatrixPlan:
             raise ValueError(f"seeds must be >= 1 (got {self.seeds})")
         if not self.tasks or not self.models:
             raise ValueError("the matrix needs at least one task and one model")
+        if self.workers < 1 or self.threads_per_cell < 1:
+            raise ValueError("workers and threads_per_cell must be >= 1")
 
     def cells(self) -> list[tuple[str, str, int]]:
         """(task, model, seed) in run order: task-major, then model, then seed."""
@@ -110,6 +136,37 @@ class MatrixPlan:
         plan = asdict(self)
         plan.update(out_dir=str(self.out_dir), data_dir=str(self.data_dir))
         return plan
+
+
+class PlanMismatchError(ValueError):
+    """The run folder was made by a plan with another protocol."""
+
+
+def check_plan_matches(plan: MatrixPlan, previous: Mapping[str, Any]) -> None:
+    """Refuse a plan whose protocol differs from the run folder's (``run.json``).
+
+    Raises:
+        PlanMismatchError: one line naming the folder, the differing fields and what to do.
+    """
+    recorded = previous.get("plan")
+    if not recorded:
+        return
+    current = plan.to_dict()
+    differing = [
+        f"{key} {recorded.get(key)!r} -> {current[key]!r}"
+        for key in PROTOCOL_KEYS
+        if key in recorded and recorded[key] != current[key]
+    ]
+    if differing:
+        raise PlanMismatchError(
+            f"{plan.out_dir} holds a run with another protocol ({'; '.join(differing)}); "
+            f"use a new --out folder, or the folder's own settings to continue it"
+        )
+
+
+def cell_label(task: str, model: str, seed: int) -> str:
+    """``<task>/<model>/seed<k>``, how logs name a cell."""
+    return f"{task}/{model}/seed{seed}"
 
 
 def cell_dir(out_dir: str | Path, task: str, model: str, seed: int) -> Path:
@@ -142,7 +199,7 @@ def non_finite_metrics(result: Mapping[str, Any]) -> list[str]:
 
 
 def _default_train() -> TrainFunction:
-    from benchmark.experiment import train
+    from benchmark.training.experiment import train
 
     return train
 
@@ -160,6 +217,8 @@ def run_cell(
     cell.mkdir(parents=True, exist_ok=True)
     train = train or _default_train()
     started = time.monotonic()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(plan.threads_per_cell)
     try:
         result = dict(
             train(
@@ -169,6 +228,7 @@ def run_cell(
                 plan.data_dir,
                 cell,
                 seed,
+                resume=True,
                 max_minutes=plan.cell_minutes,
                 device=plan.device,
                 model_settings=plan.model_configs.get(model),
@@ -186,6 +246,8 @@ def run_cell(
     except Exception as error:  # a crashing cell is recorded and the matrix goes on
         (cell / ERROR_FILE).write_text(traceback.format_exc())
         result = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+    finally:
+        torch.set_num_threads(threads)
     result.update(task=task, model=model, seed=seed, cell_seconds=time.monotonic() - started)
     result.setdefault("reason", None)
     write_json(cell / RESULT_FILE, result)
@@ -222,8 +284,8 @@ def _now() -> str:
 class _Progress:
     """Cells done and estimated time left, to stderr and the run log."""
 
-    def __init__(self, total: int, log: TextIO, budget_s: float | None, stream: TextIO) -> None:
-        self.total, self.log, self.budget_s, self.stream = total, log, budget_s, stream
+    def __init__(self, total: int, log: TextIO, workers: int, stream: TextIO) -> None:
+        self.total, self.log, self.workers, self.stream = total, log, workers, stream
         self.done = 0
         self.computed_seconds: list[float] = []
 
@@ -238,9 +300,13 @@ class _Progress:
         per_cell = (
             sum(self.computed_seconds) / len(self.computed_seconds)
             if self.computed_seconds
-            else self.budget_s
+            else None
         )
-        eta = "unknown" if per_cell is None else f"{per_cell * remaining / 60:.1f} min"
+        eta = (
+            "unknown"
+            if per_cell is None
+            else f"{per_cell * math.ceil(remaining / self.workers) / 60:.1f} min"
+        )
         timing = "skipped" if seconds is None else f"{seconds:.1f} s"
         message = f"[{self.done}/{self.total}] {label}: {status} ({timing}); time left ~{eta}"
         print(message, file=self.stream, flush=True)
@@ -257,52 +323,48 @@ def run_matrix(
     Args:
         plan: the matrix.
         command: the command line to record (default ``sys.argv``).
-        train: the trainer entry point (default ``benchmark.experiment.train``).
+        train: the trainer entry point (default ``benchmark.training.experiment.train``); with
+            ``plan.workers > 1`` it must be picklable (a module-level function).
         stream: where progress lines go.
 
     Returns:
         The ``run.json`` content: ``plan``, ``machine``, ``invocations`` (one per call:
         command, start / end, wall time, cells computed and skipped) and ``cells`` (status,
         reason and seconds of every cell of the plan).
+
+    Raises:
+        PlanMismatchError: the folder holds a run with another protocol.
     """
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
     run_json = plan.out_dir / RUN_JSON
     previous = json.loads(run_json.read_text()) if run_json.exists() else {}
+    check_plan_matches(plan, previous)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_json, {**previous, "plan": plan.to_dict()})
     started_at, started = _now(), time.monotonic()
     cells = plan.cells()
-    computed = skipped = 0
-    records = []
-    budget_s = None if plan.cell_minutes is None else 60.0 * plan.cell_minutes
+    results: dict[tuple[str, str, int], dict[str, Any]] = {}
+    pending = []
     with open(plan.out_dir / RUN_LOG, "a") as log:
-        progress = _Progress(len(cells), log, budget_s, stream)
+        progress = _Progress(len(cells), log, plan.workers, stream)
         progress.line(f"START matrix of {len(cells)} cells: {' '.join(command or sys.argv)}")
-        for index, (task, model, seed) in enumerate(cells):
-            label = f"{task}/{model}/seed{seed}"
-            remaining = len(cells) - index - 1
+        for task, model, seed in cells:
             result = read_result(cell_dir(plan.out_dir, task, model, seed))
             if result is not None and not (plan.retry_failed and result["status"] == "failed"):
-                skipped += 1
-                progress.line(f"SKIP {label}: already finished ({result['status']})")
-                progress.finish(label, result["status"], None, remaining)
+                results[(task, model, seed)] = result
+                progress.line(f"SKIP {cell_label(task, model, seed)}: already finished")
+                progress.finish(cell_label(task, model, seed), result["status"], None, 0)
             else:
-                progress.line(f"CELL {label}: training")
-                result = run_cell(plan, task, model, seed, train)
-                computed += 1
-                reason = f": {result['reason']}" if result["status"] == "failed" else ""
-                progress.line(
-                    f"DONE {label}: {result['status']} in {result['cell_seconds']:.1f} s{reason}"
-                )
-                progress.finish(label, result["status"], result["cell_seconds"], remaining)
-            records.append(
-                {
-                    "task": task,
-                    "model": model,
-                    "seed": seed,
-                    "status": result["status"],
-                    "reason": result.get("reason"),
-                    "cell_seconds": result.get("cell_seconds"),
-                }
-            )
+                pending.append((task, model, seed))
+        for index, ((task, model, seed), result) in enumerate(
+            _run_cells(plan, pending, train, progress)
+        ):
+            label = cell_label(task, model, seed)
+            reason = f": {result['reason']}" if result["status"] == "failed" else ""
+            seconds = result["cell_seconds"]
+            progress.line(f"DONE {label}: {result['status']} in {seconds:.1f} s{reason}")
+            progress.finish(label, result["status"], seconds, len(pending) - index - 1)
+            results[(task, model, seed)] = result
+        computed, skipped = len(pending), len(cells) - len(pending)
         progress.line(f"END matrix: {computed} computed, {skipped} already finished")
     invocation = {
         "command": list(command or sys.argv),
@@ -311,7 +373,19 @@ def run_matrix(
         "wall_seconds": time.monotonic() - started,
         "cells_computed": computed,
         "cells_skipped": skipped,
+        "workers": plan.workers,
     }
+    records = [
+        {
+            "task": task,
+            "model": model,
+            "seed": seed,
+            "status": results[(task, model, seed)]["status"],
+            "reason": results[(task, model, seed)].get("reason"),
+            "cell_seconds": results[(task, model, seed)].get("cell_seconds"),
+        }
+        for task, model, seed in cells
+    ]
     summary = {
         "plan": plan.to_dict(),
         "machine": machine_info(),
@@ -320,3 +394,25 @@ def run_matrix(
     }
     write_json(run_json, summary)
     return summary
+
+
+def _run_cells(
+    plan: MatrixPlan,
+    cells: Sequence[tuple[str, str, int]],
+    train: TrainFunction | None,
+    progress: _Progress,
+) -> Iterator[tuple[tuple[str, str, int], dict[str, Any]]]:
+    """Train ``cells`` (in ``plan.workers`` processes) and yield each as it finishes."""
+    if plan.workers == 1 or len(cells) <= 1:
+        for cell in cells:
+            progress.line(f"CELL {cell_label(*cell)}: training")
+            yield cell, run_cell(plan, *cell, train)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=plan.workers, mp_context=context) as pool:
+        futures = {}
+        for cell in cells:
+            progress.line(f"CELL {cell_label(*cell)}: queued")
+            futures[pool.submit(run_cell, plan, *cell, train)] = cell
+        for future in as_completed(futures):
+            yield futures[future], future.result()

@@ -36,9 +36,9 @@ from captum.attr import IntegratedGradients
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from benchmark.datasets import Batch
-from benchmark.fragments import FRAGMENT_NAMES
-from deepset_moe.routing_metrics import unwrap_model
+from deepset_moe.batch import Batch
+from deepset_moe.e0 import unwrap_model
+from deepset_moe.fragments import FRAGMENT_NAMES
 from deepset_moe.routing_plots import draw_fragment_expert_heatmap
 
 F64 = torch.float64

@@ -1,18 +1,19 @@
-"""ASE calculator for a trained DeepSet-MoE (or any PotentialWithE0-wrapped potential).
+"""ASE calculator for any trained potential of this project (DeepSet-MoE or a baseline).
 
 Units are ASE's: energy in eV, forces in eV/Å, positions in Å. Molecules are
 non-periodic (cell and pbc are ignored; no stress).
 
-The fragment-aware router needs per-atom fragment labels. They are taken, in order, from
+A model that declares ``needs_fragments`` (DeepSet-MoE with fragment-aware routing) reads
+per-atom fragment labels. They are taken, in order, from
 
 1. the ``fragments`` argument of the calculator (fixed for its lifetime);
 2. ``atoms.arrays["fragment"]`` (frames read from GMD-26 extended XYZ carry them);
-3. bond perception from the geometry (:func:`benchmark.fragments.fragments_from_geometry`),
-   done once per new atom set (when the atomic numbers change) and kept during dynamics, so
-   that a stretched bond in MD never relabels atoms.
+3. bond perception from the geometry with the model's own vocabulary
+   (:meth:`deepset_moe.fragments.FragmentVocabulary.from_geometry`), done once per new atom
+   set (when the atomic numbers change) and kept during dynamics, so that a stretched bond in
+   MD never relabels atoms.
 
-Routers in ``learned`` mode and models without a router (baselines) do not read fragments,
-and none are computed for them.
+Other models (``learned`` routing, baselines) read no fragments and none are computed.
 """
 
 from __future__ import annotations
@@ -27,19 +28,20 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from torch import nn
 
-from benchmark.fragments import NUM_FRAGMENTS, fragments_from_geometry
-from deepset_moe.routing_metrics import unwrap_model
+from deepset_moe.batch import atoms_to_batch, batch_to, check_positions
+from deepset_moe.checkpoint import load_potential
+from deepset_moe.e0 import unwrap_model
+from deepset_moe.fragments import DEFAULT_VOCABULARY
 
 
-class DeepSetMoECalculator(Calculator):
+class PotentialCalculator(Calculator):
     """ASE calculator: energy (eV), forces (eV/Å) and per-atom ``energies`` when the model
-    decomposes its energy (sum pooling + linear rho). Any potential with the DESIGN.md
-    interface works (baselines too: they ignore the fragment labels).
+    returns ``node_energy``. Any potential with the model interface of this project works.
 
     Args:
-        model: checkpoint path (loaded with ``DeepSetMoE.from_checkpoint``) or a loaded
-            potential (usually ``PotentialWithE0``); it is copied, so the caller's model is
-            not changed.
+        model: checkpoint path of any registered model (loaded with
+            :func:`deepset_moe.checkpoint.load_potential`) or a loaded potential (usually
+            ``PotentialWithE0``); it is copied, so the caller's model is not changed.
         fragments: optional [n] fragment labels for every structure this calculator sees.
         device: torch device of the evaluation.
         dtype: parameter dtype of the evaluation (float64 gives the smoothest dynamics;
@@ -60,9 +62,7 @@ class DeepSetMoECalculator(Calculator):
     ) -> None:
         super().__init__(**kwargs)
         if isinstance(model, (str, Path)):
-            from deepset_moe.model import DeepSetMoE
-
-            model = DeepSetMoE.from_checkpoint(model, map_location=device)
+            model = load_potential(model, map_location=device)
         else:
             model = copy.deepcopy(model)
         self.potential = model.to(device).eval()
@@ -72,10 +72,10 @@ class DeepSetMoECalculator(Calculator):
         self.device = torch.device(device)
         self.charge = int(charge)
         self.fixed_fragments = None if fragments is None else np.asarray(fragments, np.int64)
-        config = getattr(network, "config", None)
-        self.needs_fragments = getattr(config, "router_mode", "learned") != "learned"
-        if not getattr(config, "uses_node_energy", True):  # e.g. MLP rho: no per-atom energies
-            self.implemented_properties = ("energy", "free_energy", "forces")
+        self.needs_fragments = bool(getattr(network, "needs_fragments", False))
+        self.vocabulary = getattr(network, "fragment_vocabulary", DEFAULT_VOCABULARY)
+        if not getattr(getattr(network, "config", None), "uses_node_energy", True):
+            self.implemented_properties = ("energy", "free_energy", "forces")  # e.g. MLP rho
         self._perceived: tuple[np.ndarray, np.ndarray] | None = None
 
     def fragment_labels(self, atoms: Atoms) -> np.ndarray:
@@ -92,7 +92,9 @@ class DeepSetMoECalculator(Calculator):
         else:
             cached = self._perceived
             if cached is None or not np.array_equal(cached[0], numbers):
-                labels = fragments_from_geometry(numbers, atoms.positions, charge=self.charge)
+                labels = self.vocabulary.from_geometry(
+                    numbers, atoms.positions, charge=self.charge
+                )
                 self._perceived = (numbers.copy(), labels)
             labels, source = self._perceived[1], "bond perception"
         if labels.shape != numbers.shape:
@@ -100,10 +102,10 @@ class DeepSetMoECalculator(Calculator):
                 f"{atoms.get_chemical_formula()}: {labels.shape[0]} fragment labels from "
                 f"{source} for {numbers.shape[0]} atoms"
             )
-        if labels.size and not (0 <= labels.min() and labels.max() < NUM_FRAGMENTS):
+        if labels.size and not (0 <= labels.min() and labels.max() < len(self.vocabulary)):
             raise ValueError(
                 f"{atoms.get_chemical_formula()}: fragment labels from {source} outside "
-                f"[0, {NUM_FRAGMENTS})"
+                f"[0, {len(self.vocabulary)}) of the model's vocabulary {self.vocabulary.names}"
             )
         return labels
 
@@ -115,17 +117,10 @@ class DeepSetMoECalculator(Calculator):
     ) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        n_atoms = len(atoms)
+        check_positions(atoms.positions, where=atoms.get_chemical_formula())  # before perception
         dtype = next(unwrap_model(self.potential).parameters()).dtype
-        batch = {
-            "z": torch.as_tensor(atoms.get_atomic_numbers(), dtype=torch.long),
-            "pos": torch.as_tensor(atoms.positions, dtype=dtype),
-            "batch": torch.zeros(n_atoms, dtype=torch.long),
-            "ptr": torch.tensor([0, n_atoms], dtype=torch.long),
-        }
-        if self.needs_fragments:
-            batch["fragment"] = torch.as_tensor(self.fragment_labels(atoms), dtype=torch.long)
-        batch = {key: value.to(self.device) for key, value in batch.items()}
+        fragments = [self.fragment_labels(atoms)] if self.needs_fragments else None
+        batch = batch_to(atoms_to_batch(atoms, fragments, dtype=dtype), self.device)
         with torch.no_grad():
             out = self.potential(batch)
         energy = float(out["energy"][0])
@@ -134,3 +129,7 @@ class DeepSetMoECalculator(Calculator):
         self.results["forces"] = out["forces"].detach().cpu().double().numpy()
         if "node_energy" in out:
             self.results["energies"] = out["node_energy"].detach().cpu().double().numpy()
+
+
+DeepSetMoECalculator = PotentialCalculator
+"""The calculator's earlier name, kept as an alias."""

@@ -2,7 +2,13 @@
 
 The defaults give a strictly local, extensive model (sum pooling, linear rho) of about
 200k parameters: a power-spectrum encoder within 5 Å, 8 experts with top-2 fragment-aware
-(hybrid) routing.
+(hybrid) routing through the smooth top-k gate (:mod:`deepset_moe.gates`).
+
+Backward compatibility: a dict without a ``gate`` key was saved before gates were selectable;
+:meth:`DeepSetMoEConfig.from_dict` reads it with ``gate="topk"`` (the only gate then), so
+committed checkpoints reproduce their numbers. New configs (``DeepSetMoEConfig()``,
+``to_dict`` and the model registry, which completes settings from the defaults) carry
+``gate="smooth_topk"``.
 """
 
 from __future__ import annotations
@@ -11,9 +17,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from benchmark.fragments import NUM_FRAGMENTS
+from deepset_moe.fragments import DEFAULT_VOCABULARY, FragmentVocabulary
 
-ROUTER_MODES = ("learned", "fragment", "hybrid")
+ROUTER_MODES = ("learned", "fragment", "hybrid", "identity", "spatial", "none")
+"""Router inputs (see :mod:`deepset_moe.router`); ``none`` is the no-MoE control."""
+FRAGMENT_ROUTER_MODES = ("fragment", "hybrid")
+"""Router modes that read ``batch["fragment"]``."""
+GATES = ("smooth_topk", "topk")
+"""Gates (see :mod:`deepset_moe.gates`)."""
+LEGACY_GATE = "topk"
+"""Gate of configs saved before ``gate`` existed (``from_dict`` without a ``gate`` key)."""
 POOLINGS = ("sum", "mean", "attention")
 READOUTS = ("linear", "mlp")
 
@@ -41,10 +54,23 @@ class DeepSetMoEConfig:
     Mixture of experts:
         num_experts: K.
         top_k: k experts per atom.
-        router_mode: ``learned`` (latent only), ``fragment`` (fragment label only) or
-            ``hybrid`` (both).
-        num_fragments: fragment vocabulary size.
-        fragment_dim: width of the router's fragment embedding.
+        router_mode: what the router logits are computed from: ``learned`` (the latent),
+            ``fragment`` (an embedding of the fragment label), ``hybrid`` (both),
+            ``identity`` (an embedding of the centre atom's element), ``spatial`` (a smooth
+            distance-binned histogram of the neighbours) or ``none`` (no router: one expert,
+            the no-MoE control; needs ``num_experts=1``, ``top_k=1``, see
+            :func:`deepset_moe.model.matched_no_moe_config`).
+        gate: ``smooth_topk`` (at most k experts per atom, weights C2 in the logits so the
+            energy is continuous with continuous forces) or ``topk`` (the original hard top-k
+            gate, energy jumps where the chosen experts change). See :mod:`deepset_moe.gates`.
+        gate_width: tau of ``smooth_topk``, in logit units: an expert's weight ramps from
+            zero to full as its logit rises from the smooth (k+1)-th logit threshold to tau
+            above it (the threshold itself lies within tau above the (k+1)-th logit).
+        spatial_bins: number of soft distance bins, spread over [0, cutoff], of the
+            ``spatial`` router's descriptor.
+        fragments: the fragment vocabulary (labels and the SMARTS rules assigning them);
+            its size is the number of rows of the router's fragment embedding.
+        fragment_dim: width of the router's fragment and element (``identity``) embeddings.
         router_noise_std: std of Gaussian noise added to router logits in training (0: off).
         router_noise_seed: seed of the router-noise generator.
         balance_loss_coef: weight of the Switch load-balancing loss in ``aux_loss``.
@@ -76,7 +102,10 @@ class DeepSetMoEConfig:
     num_experts: int = 8
     top_k: int = 2
     router_mode: str = "hybrid"
-    num_fragments: int = NUM_FRAGMENTS
+    gate: str = "smooth_topk"
+    gate_width: float = 0.1
+    spatial_bins: int = 8
+    fragments: FragmentVocabulary = DEFAULT_VOCABULARY
     fragment_dim: int = 16
     router_noise_std: float = 0.0
     router_noise_seed: int = 0
@@ -93,6 +122,8 @@ class DeepSetMoEConfig:
 
     def __post_init__(self) -> None:
         self.atomic_numbers = tuple(int(z) for z in self.atomic_numbers)
+        if isinstance(self.fragments, dict):
+            self.fragments = FragmentVocabulary.from_dict(self.fragments)
         checks = [
             (self.cutoff > 0, f"cutoff must be > 0 Å, got {self.cutoff}"),
             (len(self.atomic_numbers) > 0, "atomic_numbers must not be empty"),
@@ -111,6 +142,15 @@ class DeepSetMoEConfig:
                 self.router_mode in ROUTER_MODES,
                 f"router_mode must be one of {ROUTER_MODES}, got {self.router_mode!r}",
             ),
+            (self.gate in GATES, f"gate must be one of {GATES}, got {self.gate!r}"),
+            (self.gate_width > 0, f"gate_width must be > 0, got {self.gate_width}"),
+            (self.spatial_bins >= 1, f"spatial_bins must be >= 1, got {self.spatial_bins}"),
+            (
+                self.router_mode != "none" or (self.num_experts == 1 and self.top_k == 1),
+                "router_mode='none' (no MoE) needs num_experts=1 and top_k=1, got "
+                f"num_experts={self.num_experts}, top_k={self.top_k}; "
+                "deepset_moe.model.matched_no_moe_config builds a matched one",
+            ),
             (self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}"),
             (self.readout in READOUTS, f"readout must be one of {READOUTS}, got {self.readout!r}"),
             (self.router_noise_std >= 0, "router_noise_std must be >= 0"),
@@ -121,6 +161,16 @@ class DeepSetMoEConfig:
                 raise ValueError(f"DeepSetMoEConfig: {message}")
 
     @property
+    def num_fragments(self) -> int:
+        """Size of the fragment vocabulary."""
+        return len(self.fragments)
+
+    @property
+    def uses_fragments(self) -> bool:
+        """Whether the router reads fragment labels (``fragment`` and ``hybrid`` modes)."""
+        return self.router_mode in FRAGMENT_ROUTER_MODES
+
+    @property
     def uses_node_energy(self) -> bool:
         """Whether per-atom energies are exact: sum pooling with a linear rho."""
         return self.pooling == "sum" and self.readout == "linear"
@@ -129,11 +179,28 @@ class DeepSetMoEConfig:
         """JSON-able dict (tuples become lists)."""
         out = dataclasses.asdict(self)
         out["atomic_numbers"] = list(self.atomic_numbers)
+        out["fragments"] = self.fragments.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeepSetMoEConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError`` naming them."""
+        """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError`` naming them.
+
+        Configs written before the vocabulary was stored carry ``num_fragments`` instead of
+        ``fragments``; they were trained with :data:`DEFAULT_VOCABULARY`. Configs written
+        before the gate was selectable carry no ``gate``: they used :data:`LEGACY_GATE`
+        (``topk``), which they keep. (So do partial settings without ``gate``; pass
+        ``gate="smooth_topk"``, or build through the registry, for the new default.)
+        """
+        data = dict(data)
+        data.setdefault("gate", LEGACY_GATE)
+        legacy_size = data.pop("num_fragments", None)
+        if legacy_size is not None and "fragments" not in data:
+            if legacy_size != len(DEFAULT_VOCABULARY):
+                raise ValueError(
+                    f"DeepSetMoEConfig: num_fragments={legacy_size} does not match the default "
+                    f"vocabulary ({len(DEFAULT_VOCABULARY)} labels) and no vocabulary is stored"
+                )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -93,3 +93,18 @@ class PotentialWithE0(nn.Module):
         if "node_energy" in out:
             out["node_energy"] = out["node_energy"].double() + self.e0.node_energies(batch["z"])
         return out
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare network inside ``DistributedDataParallel`` and ``PotentialWithE0`` wrappers.
+
+    Routing does not depend on the per-element E0 shift, and calling the DDP wrapper from a
+    single rank would enter collectives, so routing is always read from the bare network.
+    """
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(model, PotentialWithE0):
+            model = model.network
+        else:
+            return model

@@ -2,9 +2,14 @@
 
 Expert e maps a latent x [F] to h = W2_e SiLU(W1_e x + b1_e) + b2_e [F_out]. The sparse path
 groups the N*k (atom, slot) assignments by expert with ``kernels.routing.dispatch``, runs
-each expert on its contiguous slice and scatters back with ``kernels.routing.combine``:
+every expert's MLP on its contiguous slice with ``kernels.grouped.grouped_mlp`` and scatters
+back with ``kernels.routing.combine``:
 
     h_i = sum_{j < k} weights[i, j] * expert_{experts[i, j]}(x_i).
+
+On CUDA every step is a Triton kernel and none reads a tensor on the host, so a training step
+does not wait on the GPU here; on CPU ``grouped_mlp`` runs one MLP per expert, bitwise as a
+Python loop over the experts.
 
 :meth:`ExpertMLPs.dense_reference` evaluates every expert on every atom and gathers, as the
 definition the sparse path is tested against.
@@ -17,6 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from kernels.grouped import grouped_mlp
 from kernels.routing import combine, dispatch
 
 
@@ -39,11 +45,6 @@ class ExpertMLPs(nn.Module):
         nn.init.zeros_(self.b1)
         nn.init.zeros_(self.b2)
 
-    def expert(self, index: int, x: Tensor) -> Tensor:
-        """Expert ``index`` on rows x [M, in_dim] -> [M, out_dim]."""
-        hidden = torch.nn.functional.silu(x @ self.w1[index] + self.b1[index])
-        return hidden @ self.w2[index] + self.b2[index]
-
     def forward(self, x: Tensor, experts: Tensor, weights: Tensor) -> Tensor:
         """Sparse mixture.
 
@@ -57,13 +58,7 @@ class ExpertMLPs(nn.Module):
         """
         groups = dispatch(experts, self.num_experts)
         rows = x[groups.token]
-        bounds = groups.offsets.tolist()
-        outputs = [
-            self.expert(e, rows[bounds[e] : bounds[e + 1]])
-            for e in range(self.num_experts)
-            if bounds[e + 1] > bounds[e]
-        ]
-        expert_out = torch.cat(outputs) if outputs else rows.new_zeros((0, self.b2.shape[-1]))
+        expert_out = grouped_mlp(rows, self.w1, self.b1, self.w2, self.b2, groups.offsets)
         return combine(expert_out, weights, groups)
 
     def dense_reference(self, x: Tensor, experts: Tensor, weights: Tensor) -> Tensor:

@@ -5,7 +5,9 @@ Pipeline of :meth:`DeepSetMoE.forward` for a batch of molecules:
 1. neighbour graph within ``cutoff`` (``deepset_moe.graph.radius_graph``) and differentiable
    edge vectors;
 2. phi (:class:`~deepset_moe.encoder.PowerSpectrumEncoder`): invariant latent [N, F];
-3. fragment-aware router (:class:`~deepset_moe.router.FragmentAwareRouter`): top-k gate;
+3. router (:class:`~deepset_moe.router.FragmentAwareRouter`): logits from the latent, the
+   fragment label, the element or a distance histogram (``router_mode``), then a sparse gate
+   (``gate``: smooth top-k by default, :mod:`deepset_moe.gates`);
 4. experts (:class:`~deepset_moe.experts.ExpertMLPs`): h_i [N, F_out], each atom computed by
    its k experts only;
 5. optional ``batch["atom_weights"]`` [N] scales h_i (for Integrated Gradients);
@@ -18,11 +20,17 @@ With the defaults (strictly local encoder, sum pooling, linear rho) the energy i
 per-atom energies node_energy_i = rho(h_i), extensive by construction. Per-element reference
 energies are added outside by :class:`deepset_moe.e0.PotentialWithE0`.
 
-Routing makes the energy piecewise smooth in positions (see :mod:`deepset_moe.router`).
+With the smooth top-k gate the energy is C2 in positions in every router mode; with the hard
+``topk`` gate it is piecewise smooth where routing depends on positions (see
+:mod:`deepset_moe.router`).
+
+No-MoE control: ``router_mode="none"`` with one expert; :func:`matched_no_moe_config` widens
+that expert so the parameter count matches a given MoE config as closely as possible.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +42,20 @@ from deepset_moe.config import DeepSetMoEConfig
 from deepset_moe.e0 import PotentialWithE0
 from deepset_moe.encoder import PowerSpectrumEncoder
 from deepset_moe.experts import ExpertMLPs
+from deepset_moe.forces import forces_from_energy
+from deepset_moe.fragments import FragmentVocabulary
 from deepset_moe.graph import edge_vectors, radius_graph
 from deepset_moe.pooling import AtomPooling
 from deepset_moe.readout import EnergyReadout
 from deepset_moe.router import FragmentAwareRouter
 from kernels.segment_sum import segment_sum_csr
 
-MODEL_NAME = "deepset_moe"
-"""Registry / checkpoint name of this model."""
-
 
 class DeepSetMoE(nn.Module):
     """The DeepSet-MoE interatomic potential (module docstring).
 
     ``forward(batch)`` takes the DESIGN.md batch (``z`` [N], ``pos`` [N, 3] Å, ``batch`` [N],
-    ``ptr`` [B+1], ``fragment`` [N] unless ``router_mode="learned"``, optional
+    ``ptr`` [B+1], ``fragment`` [N] when ``needs_fragments``, optional
     ``atom_weights`` [N]) and returns:
 
     - ``energy`` [B] (eV), ``forces`` [N, 3] (eV/Å);
@@ -61,6 +68,10 @@ class DeepSetMoE(nn.Module):
     differentiate the energy w.r.t. ``atom_weights``); under ``torch.no_grad()`` forces are
     still computed and every output is detached. The caller's ``pos`` is never modified.
     """
+
+    has_routing = True
+    """Declares that ``forward`` returns ``routing`` and ``aux_loss`` (read by the trainer's
+    callbacks and the report, which never compare model names)."""
 
     def __init__(self, config: DeepSetMoEConfig | None = None) -> None:
         super().__init__()
@@ -84,25 +95,42 @@ class DeepSetMoE(nn.Module):
         return float(self.config.cutoff)
 
     @classmethod
-    def from_config(cls, **kwargs: Any) -> DeepSetMoE:
-        """``DeepSetMoE(DeepSetMoEConfig(**kwargs))``."""
-        return cls(DeepSetMoEConfig(**kwargs))
+    def from_config(cls, **settings: Any) -> DeepSetMoE:
+        """``DeepSetMoE(DeepSetMoEConfig.from_dict(settings))`` (the registry's and the
+        checkpoint loader's constructor)."""
+        return cls(DeepSetMoEConfig.from_dict(settings))
+
+    @staticmethod
+    def default_settings() -> dict[str, Any]:
+        """JSON-able default settings (those of :class:`DeepSetMoEConfig`)."""
+        return DeepSetMoEConfig().to_dict()
+
+    @property
+    def fragment_vocabulary(self) -> FragmentVocabulary:
+        """The vocabulary whose labels the router reads (``batch["fragment"]``)."""
+        return self.config.fragments
+
+    @property
+    def needs_fragments(self) -> bool:
+        """Whether ``forward`` reads ``batch["fragment"]``."""
+        return self.router.uses_fragments
 
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, map_location: str | torch.device = "cpu"
     ) -> PotentialWithE0:
-        """Load a trained DeepSet-MoE with its stored E0s (``deepset_moe.checkpoint`` format)."""
+        """Load a trained DeepSet-MoE with its stored E0s (any model: :func:`load_potential`).
 
-        def build_network(model_name: str, model_config: dict[str, Any]) -> DeepSetMoE:
-            if model_name != MODEL_NAME:
-                raise CheckpointError(
-                    f"{path}: holds model {model_name!r}, not {MODEL_NAME!r}; load it through "
-                    "the model registry"
-                )
-            return cls(DeepSetMoEConfig.from_dict(model_config))
-
-        return load_potential(path, build_network, map_location)
+        Raises:
+            CheckpointError: the file holds another model.
+        """
+        potential = load_potential(path, map_location)
+        if not isinstance(potential.network, cls):
+            raise CheckpointError(
+                f"{path}: holds model {type(potential.network).__name__}, not {cls.__name__}; "
+                "use deepset_moe.load_potential for any model"
+            )
+        return potential
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         grad_requested = torch.is_grad_enabled()
@@ -112,7 +140,12 @@ class DeepSetMoE(nn.Module):
             pos = pos.to(dtype).clone() if pos.requires_grad else pos.detach().to(dtype).clone()
             pos.requires_grad_(True)
             out = self._energy_and_auxiliaries(batch, pos)
-            out["forces"] = self._forces(out["energy"], pos, grad_requested)
+            out["forces"] = forces_from_energy(
+                out["energy"],
+                pos,
+                create_graph=self.training,
+                retain_graph=self.training or grad_requested,
+            )
         if not grad_requested:
             out = _detached(out)
         return out
@@ -122,7 +155,9 @@ class DeepSetMoE(nn.Module):
         edge_index = radius_graph(pos, ptr, self.cutoff)
         vectors, lengths = edge_vectors(pos, edge_index)
         latent = self.encoder(batch["z"], vectors, lengths, edge_index)
-        routing = self.router(latent, batch.get("fragment"))
+        routing = self.router(
+            latent, batch.get("fragment"), z=batch["z"], lengths=lengths, edge_index=edge_index
+        )
         h = self.experts(latent, routing.gate.experts, routing.gate.weights)
         if "atom_weights" in batch:
             h = h * _atom_weights(batch["atom_weights"], h)
@@ -143,19 +178,37 @@ class DeepSetMoE(nn.Module):
         out["latent"] = latent
         return out
 
-    def _forces(self, energy: Tensor, pos: Tensor, grad_requested: bool) -> Tensor:
-        """-dE/dpos [N, 3]; zeros where no atom has a neighbour and nothing is trainable."""
-        if not energy.requires_grad:
-            return torch.zeros_like(pos)
-        (gradient,) = torch.autograd.grad(
-            energy.sum(),
-            pos,
-            create_graph=self.training,
-            retain_graph=self.training or grad_requested,
-            allow_unused=True,
-            materialize_grads=True,
-        )
-        return -gradient
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of scalar parameters of ``module``."""
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+def matched_no_moe_config(config: DeepSetMoEConfig | None = None) -> DeepSetMoEConfig:
+    """The no-MoE control of ``config`` (default: :class:`DeepSetMoEConfig()`).
+
+    Same settings (encoder, pooling, readout, seed, ...) with ``router_mode="none"``, one
+    expert, ``top_k=1`` and the expert's hidden width H chosen so that the model's parameter
+    count is as close as possible to that of ``config``. Rule: the router and the K experts
+    of ``config`` hold P parameters; one expert of width H holds
+    H * (latent_dim + 1 + expert_out_dim) + expert_out_dim; H is the integer (>= 1) that
+    minimises the difference (everything else is shared). For the defaults (hybrid router,
+    8 experts of width 64: 100,616 router + expert parameters) H = 521: 193,481 parameters
+    against 193,480.
+    """
+    config = config if config is not None else DeepSetMoEConfig()
+    reference = DeepSetMoE(config)
+    target = count_parameters(reference.router) + count_parameters(reference.experts)
+    per_hidden = config.latent_dim + 1 + config.expert_out_dim
+    ideal = (target - config.expert_out_dim) / per_hidden
+    candidates = {max(1, int(ideal)), max(1, int(ideal) + 1)}
+    hidden = min(
+        sorted(candidates),
+        key=lambda h: abs(h * per_hidden + config.expert_out_dim - target),
+    )
+    return dataclasses.replace(
+        config, router_mode="none", num_experts=1, top_k=1, expert_hidden=hidden
+    )
 
 
 def _atom_weights(weights: Tensor, h: Tensor) -> Tensor:

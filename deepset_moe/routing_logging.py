@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.fragments import FRAGMENT_NAMES
+from deepset_moe.fragments import FRAGMENT_NAMES
 from deepset_moe.routing_metrics import RoutingStats, collect_routing, routing_summary
 from deepset_moe.routing_plots import fragment_expert_figure
 

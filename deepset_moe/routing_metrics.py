@@ -1,7 +1,7 @@
 """Routing metrics of a mixture of experts: who handles which atoms, ID vs OOD.
 
 Notation: N atoms, K experts, k experts per atom (top-k), F fragment classes
-(``benchmark.fragments.FRAGMENT_NAMES``). Routing of a split is described by
+(``deepset_moe.fragments.FRAGMENT_NAMES``). Routing of a split is described by
 :class:`RoutingStats`: the full gate distribution ``probs`` [N, K], the chosen experts
 ``experts`` [N, k] (column 0 is the top-1 expert) and the fragment label of each atom.
 
@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from benchmark.datasets import Batch, batch_to
-from benchmark.fragments import FRAGMENT_NAMES, NUM_FRAGMENTS
+from deepset_moe.batch import Batch, batch_to
+from deepset_moe.e0 import unwrap_model
+from deepset_moe.fragments import FRAGMENT_NAMES, NUM_FRAGMENTS
 
 F64 = torch.float64
 
@@ -215,23 +216,6 @@ def fragment_js_divergence(id_counts: Tensor, ood_counts: Tensor) -> Tensor:
         between a distribution and nothing is undefined, so it is reported as missing).
     """
     return jensen_shannon_divergence(row_normalise(id_counts), row_normalise(ood_counts))
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare network inside ``DistributedDataParallel`` and ``PotentialWithE0`` wrappers.
-
-    Routing does not depend on the per-element E0 shift, and calling the DDP wrapper from a
-    single rank would enter collectives, so routing is always read from the bare network.
-    """
-    from deepset_moe.e0 import PotentialWithE0
-
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif isinstance(model, PotentialWithE0):
-            model = model.network
-        else:
-            return model
 
 
 def _model_device(model: nn.Module) -> torch.device:

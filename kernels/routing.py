@@ -65,21 +65,30 @@ class Dispatch(NamedTuple):
     offsets: Tensor
 
 
+def expert_counts(experts: Tensor, num_experts: int) -> Tensor:
+    """[K] long number of assignments per expert in ``experts`` [N, k] (values in [0, K)).
+
+    A scatter-add rather than ``torch.bincount``, which reads the maximum on the host (a
+    sync on CUDA) to size its output.
+    """
+    flat = experts.reshape(-1).long()
+    counts = torch.zeros(num_experts, dtype=torch.long, device=experts.device)
+    return counts.scatter_add_(0, flat, torch.ones_like(flat))
+
+
 def topk_gate_reference(logits: Tensor, k: int, normalize: bool = True) -> Gate:
     """Definition of the gate: softmax, top-k, optional renormalisation, per-expert counts."""
     probs = torch.softmax(logits, dim=-1)
     top_probs, experts = torch.topk(probs, k, dim=-1)
     weights = top_probs / top_probs.sum(-1, keepdim=True) if normalize else top_probs
-    counts = torch.bincount(experts.reshape(-1), minlength=logits.shape[-1])
-    return Gate(probs, weights, experts, counts)
+    return Gate(probs, weights, experts, expert_counts(experts, logits.shape[-1]))
 
 
 def dispatch_reference(experts: Tensor, num_experts: int) -> Dispatch:
     """Definition of dispatch: a stable sort of the flat assignments by expert."""
-    flat = experts.reshape(-1)
-    slot = torch.sort(flat, stable=True).indices
+    slot = torch.sort(experts.reshape(-1), stable=True).indices
     token = torch.div(slot, experts.shape[-1], rounding_mode="floor")
-    counts = torch.bincount(flat, minlength=num_experts)
+    counts = expert_counts(experts, num_experts)
     offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     return Dispatch(token, slot, offsets)
 

@@ -42,10 +42,14 @@ def segment_sum_index_reference(values: Tensor, index: Tensor, num_segments: int
     return out.index_add(0, index, values)
 
 
-def csr_to_index(ptr: Tensor) -> Tensor:
-    """Segment index [N] of each row from CSR offsets ``ptr`` [S+1] (sorted segments)."""
+def csr_to_index(ptr: Tensor, num_rows: int) -> Tensor:
+    """Segment index [N] of each row from CSR offsets ``ptr`` [S+1] (sorted segments).
+
+    ``num_rows`` (N == ``ptr[-1]``) sizes the output, so no host sync is needed on CUDA.
+    """
     counts = ptr[1:] - ptr[:-1]
-    return torch.repeat_interleave(torch.arange(counts.numel(), device=ptr.device), counts)
+    segments = torch.arange(counts.numel(), device=ptr.device)
+    return torch.repeat_interleave(segments, counts, output_size=num_rows)
 
 
 def segment_sum_csr_reference(values: Tensor, ptr: Tensor) -> Tensor:
@@ -58,13 +62,13 @@ def segment_sum_csr_reference(values: Tensor, ptr: Tensor) -> Tensor:
     Returns:
         [S, D].
     """
-    return segment_sum_index_reference(values, csr_to_index(ptr), ptr.numel() - 1)
+    return segment_sum_index_reference(values, csr_to_index(ptr, values.shape[0]), ptr.numel() - 1)
 
 
 def segment_broadcast_csr_reference(src: Tensor, ptr: Tensor, num_rows: int) -> Tensor:
     """Definition of the adjoint of :func:`segment_sum_csr`: ``out[n] = src[s]`` for
     ``ptr[s] <= n < ptr[s+1]``; src [S, D] -> [num_rows, D] (``num_rows == ptr[-1]``)."""
-    return src.index_select(0, csr_to_index(ptr)).reshape(num_rows, *src.shape[1:])
+    return src.index_select(0, csr_to_index(ptr, num_rows)).reshape(num_rows, *src.shape[1:])
 
 
 def segment_broadcast_index_reference(src: Tensor, index: Tensor) -> Tensor:

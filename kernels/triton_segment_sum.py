@@ -99,14 +99,20 @@ def _segment_sum_index_kernel(
     tl.atomic_add(targets, tile.to(out_ptr.dtype.element_ty), mask=mask, sem="relaxed")
 
 
-def segment_sum_csr(values: Tensor, ptr: Tensor) -> Tensor:
-    """``out[s] = values[ptr[s]:ptr[s+1]].sum(0)``; values [N, D] contiguous, ptr [S+1]."""
+def segment_sum_csr(
+    values: Tensor, ptr: Tensor, block_n: int | None = None, num_warps: int = 4
+) -> Tensor:
+    """``out[s] = values[ptr[s]:ptr[s+1]].sum(0)``; values [N, D] contiguous, ptr [S+1].
+
+    ``block_n`` (rows per tile; default from the feature block) and ``num_warps`` are launch
+    parameters, exposed for the tuning sweep of :mod:`kernels.bench`.
+    """
     num_segments, num_features = ptr.numel() - 1, values.shape[1]
     out = values.new_empty((num_segments, num_features))
     if num_segments == 0 or num_features == 0:
         return out
     block_d = feature_block(num_features)
-    block_n = row_block(block_d, elements=2048, cap=64)
+    block_n = block_n or row_block(block_d, elements=2048, cap=64)
     grid = (num_segments, triton.cdiv(num_features, block_d))
     _segment_sum_csr_kernel[grid](
         values,
@@ -116,6 +122,7 @@ def segment_sum_csr(values: Tensor, ptr: Tensor) -> Tensor:
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         ACC_TYPE=accumulator_type(values.dtype),
+        num_warps=num_warps,
     )
     return out
 
@@ -135,8 +142,17 @@ def segment_broadcast_csr(src: Tensor, ptr: Tensor, num_rows: int) -> Tensor:
     return out
 
 
-def segment_sum_index(values: Tensor, index: Tensor, num_segments: int) -> Tensor:
-    """``out[s] = sum_{index[n] == s} values[n]`` by atomics; values [N, D] contiguous."""
+def segment_sum_index(
+    values: Tensor,
+    index: Tensor,
+    num_segments: int,
+    block_n: int | None = None,
+    num_warps: int = 4,
+) -> Tensor:
+    """``out[s] = sum_{index[n] == s} values[n]`` by atomics; values [N, D] contiguous.
+
+    ``block_n`` and ``num_warps`` as in :func:`segment_sum_csr`.
+    """
     num_rows, num_features = values.shape
     # Half-precision atomics are slow or missing: accumulate those in float32.
     acc_dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
@@ -144,9 +160,17 @@ def segment_sum_index(values: Tensor, index: Tensor, num_segments: int) -> Tenso
     if num_rows == 0 or num_features == 0 or num_segments == 0:
         return out.to(values.dtype)
     block_d = feature_block(num_features)
-    block_n = row_block(block_d)
+    block_n = block_n or row_block(block_d)
     grid = (triton.cdiv(num_rows, block_n), triton.cdiv(num_features, block_d))
     _segment_sum_index_kernel[grid](
-        values, index, out, num_rows, num_features, num_segments, BLOCK_N=block_n, BLOCK_D=block_d
+        values,
+        index,
+        out,
+        num_rows,
+        num_features,
+        num_segments,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
     )
     return out.to(values.dtype)

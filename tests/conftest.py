@@ -44,7 +44,7 @@ def smoke_matrix_plan(out: Path, data: Path):
         seeds=1,
         preset="smoke",
         cell_minutes=None,
-        preset_overrides={"max_epochs": 1},
+        preset_overrides={"max_steps": 8},
         model_configs=SMOKE_MATRIX_BROKEN,
     )
 

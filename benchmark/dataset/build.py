@@ -1,0 +1,364 @@
+"""Build the whole GMD-26 dataset: run every trajectory on an executor, resumably, then write
+the failure records, the split manifests and ``build.json``.
+
+A work unit is one (molecule, trajectory) pair
+(:func:`~benchmark.dataset.sampling.generate_trajectory`). Units run on any executor with
+``submit(fn, *args) -> future`` and futures with ``done()`` / ``result()`` (a
+``concurrent.futures`` pool or a ``dask.distributed.Client``). Each finished trajectory is
+written atomically as its own file (:func:`deepset_moe.atomic_io.atomic_write`), so an
+interrupted build resumes where it stopped and ends byte-identical to an uninterrupted one
+(every seed derives from the build seed and the molecule id).
+
+Every failed frame or trajectory is recorded in ``failures.json`` (molecule, trajectory, step,
+stage, error). File layout: :mod:`benchmark.dataset.layout`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ase.calculators.calculator import Calculator
+from tqdm import tqdm
+
+from benchmark.dataset import layout
+from benchmark.dataset.frames import write_frames
+from benchmark.dataset.molecules import MoleculeSpec
+from benchmark.dataset.references import reference_name
+from benchmark.dataset.sampling import (
+    DATA_GENERATOR_VERSION,
+    GENERATION_PRESETS,
+    GenerationSettings,
+    TrajectoryResult,
+    failure_record,
+    generate_trajectory,
+    limit_threads,
+    single_threaded_openmp,
+)
+from benchmark.dataset.splits import make_manifest, trajectory_id, write_manifest
+from benchmark.dataset.tasks import GENERATOR_VERSION, TASK_NAMES, all_molecules, define_task
+from benchmark.jsonio import write_json
+
+logger = logging.getLogger(__name__)
+
+STALE_PATTERNS = ("*/*.partial.*", "*/*.partial")
+"""Temporary files under ``frames/`` left by an interrupted write, deleted when a build starts:
+``<stem>.partial<suffix>`` of :func:`deepset_moe.atomic_io.atomic_write` (``t0.xyz.partial.gz``,
+``t0.failures.partial.json``) and ``<name>.partial`` of builds written before it."""
+
+
+class BuildConfigError(ValueError):
+    """An existing output directory was built with other settings; a resume would mix them."""
+
+
+class Executor(Protocol):
+    """What the build needs from an executor (``concurrent.futures`` or ``dask``)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Any: ...
+
+
+class SerialExecutor:
+    """Runs each submitted call at once in this process (``workers <= 1``)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as error:
+            future.set_exception(error)
+        return future
+
+
+@dataclass
+class BuildSummary:
+    """Outcome of :func:`build_dataset`."""
+
+    out: Path
+    frames: int
+    trajectories: int
+    computed_trajectories: int
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every trajectory exists and no frame failed."""
+        return not self.failures and not self.missing
+
+
+def build_config(
+    preset: str, reference: str | Calculator, seed: int, settings: GenerationSettings
+) -> dict[str, Any]:
+    """The settings recorded in ``build.json`` (and compared on resume)."""
+    return {
+        "preset": preset,
+        "reference": reference_name(reference),
+        **dataclasses.asdict(settings),
+        "seed": seed,
+        "seed_derivation": "sha256('<seed>/<molecule_id>/conformers' | "
+        "'<seed>/<molecule_id>/trajectory/<index>')[:4] little-endian & 0x7fffffff",
+        "generator_version": DATA_GENERATOR_VERSION,
+        "tasks_version": GENERATOR_VERSION,
+    }
+
+
+def _start_config(out: Path, config: dict[str, Any]) -> float:
+    """Check ``config`` against a previous build in ``out``; return its accumulated wall time."""
+    path = out / layout.BUILD_FILE
+    previous: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    changed = sorted(k for k in config if k in previous and previous[k] != config[k])
+    if changed:
+        detail = ", ".join(f"{k}: {previous[k]!r} -> {config[k]!r}" for k in changed)
+        raise BuildConfigError(
+            f"{out} holds a build with other settings ({detail}); use another --out directory"
+        )
+    write_json(path, {**config, "status": "running"})
+    return float(previous.get("total_wall_time_s", 0.0))
+
+
+def _store(out: Path, result: TrajectoryResult) -> None:
+    """Write a finished trajectory (failure records first, then the frames, both atomically)."""
+    failures_path = layout.trajectory_failures_path(out, result.molecule_id, result.index)
+    if result.failures:
+        failures_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(failures_path, {"failures": result.failures})
+    else:
+        failures_path.unlink(missing_ok=True)
+    write_frames(layout.trajectory_path(out, result.molecule_id, result.index), result.frames)
+
+
+def _collect_failures(out: Path, unit_errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    records = list(unit_errors)
+    for path in (out / layout.FRAMES_DIR).glob(f"*/*{layout.FAILURES_SUFFIX}"):
+        records.extend(json.loads(path.read_text())["failures"])
+    records.sort(key=lambda r: (r["molecule_id"], r["trajectory"], r["step"], r["stage"]))
+    write_json(out / layout.FAILURES_FILE, {"count": len(records), "failures": records})
+    return records
+
+
+def _run_units(
+    executor: Executor,
+    fn: Callable[..., Any],
+    calls: Sequence[tuple[Any, ...]],
+    window: int,
+    on_done: Callable[[tuple[Any, ...], Any], None],
+) -> None:
+    """Submit ``fn(*args)`` for each ``args`` (at most ``window`` in flight) and pass each
+    finished future to ``on_done(args, future)`` as soon as it is done.
+
+    Completion is detected by polling ``future.done()``, which the futures of every executor
+    offer (``concurrent.futures.as_completed`` would reject dask futures).
+    """
+    queue = list(calls)[::-1]
+    pending: list[tuple[Any, tuple[Any, ...]]] = []
+    while queue or pending:
+        while queue and len(pending) < window:
+            args = queue.pop()
+            pending.append((executor.submit(fn, *args), args))
+        finished = [item for item in pending if item[0].done()]
+        if not finished:
+            time.sleep(0.05)
+            continue
+        for item in finished:
+            pending.remove(item)
+            on_done(item[1], item[0])
+
+
+def _count_frames(out: Path, units: Sequence[tuple[MoleculeSpec, int]]) -> tuple[int, int, list]:
+    """Frames and atoms stored for ``units``, and the trajectory ids with no file."""
+    frames = atoms = 0
+    missing = []
+    for spec, index in units:
+        path = layout.trajectory_path(out, spec.molecule_id, index)
+        if not path.exists():
+            missing.append(trajectory_id(spec.molecule_id, index))
+            continue
+        n_frames, n_atoms = layout.count_frames(path)
+        frames += n_frames
+        atoms += n_atoms
+    return frames, atoms, missing
+
+
+def _write_manifests(out: Path, preset: str, config: dict[str, Any]) -> None:
+    metadata = {
+        key: config[key]
+        for key in ("preset", "reference", "md_calculator", "seed", "generator_version")
+    }
+    metadata["data_generator_version"] = metadata.pop("generator_version")
+    n_trajectories = config["trajectories_per_molecule"]
+    for task in TASK_NAMES:
+        manifest = make_manifest(define_task(task, preset), n_trajectories, metadata)
+        write_manifest(manifest, layout.manifest_path(out, task))
+
+
+def _default_workers() -> int:
+    return max(
+        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+
+
+def build_dataset(
+    out: str | Path,
+    preset: str = "standard",
+    reference: str | Calculator = "xtb",
+    *,
+    seed: int = 0,
+    workers: int | None = None,
+    executor: Executor | None = None,
+    md_calculator: str | None = None,
+    progress: bool = True,
+) -> BuildSummary:
+    """Build (or resume) the four GMD-26 tasks of ``preset`` into ``out``.
+
+    Args:
+        out: output directory (layout: :mod:`benchmark.dataset.layout`).
+        preset: ``"smoke"`` or ``"standard"`` (sampling settings of
+            :data:`benchmark.dataset.sampling.GENERATION_PRESETS`, molecule sets of
+            :data:`benchmark.dataset.tasks.DATASET_PRESETS`).
+        reference: ``"xtb"``, ``"mmff"``, ``"dft"`` or an ASE calculator labelling the frames.
+        seed: build seed; every conformer and MD seed derives from it.
+        workers: processes of the default ``ProcessPoolExecutor`` (default: available cores;
+            ``<= 1`` runs in this process). Ignored when ``executor`` is given.
+        executor: any object with ``submit(fn, *args)`` (e.g. a ``dask.distributed.Client``).
+        md_calculator: overrides the preset's MD driver (``"xtb"`` or ``"mmff"``).
+        progress: show a tqdm bar over trajectories.
+
+    Trajectories already in ``out`` are kept (resume); ``out`` must have been built with the
+    same settings, otherwise :class:`BuildConfigError` is raised.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if preset not in GENERATION_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {tuple(GENERATION_PRESETS)}")
+    settings = GENERATION_PRESETS[preset]
+    if md_calculator is not None:
+        settings = dataclasses.replace(settings, md_calculator=md_calculator)
+    config = build_config(preset, reference, seed, settings)
+    handler = logging.FileHandler(out / layout.LOG_FILE)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        previous_wall = _start_config(out, config)
+        for pattern in STALE_PATTERNS:
+            for stale in (out / layout.FRAMES_DIR).glob(pattern):
+                stale.unlink()
+        units = [
+            (spec, index)
+            for spec in all_molecules(preset)
+            for index in range(settings.trajectories_per_molecule)
+        ]
+        todo = [
+            (spec, index, settings, reference, seed)
+            for spec, index in units
+            if not layout.trajectory_path(out, spec.molecule_id, index).exists()
+        ]
+        logger.info(
+            "build %s: %d trajectories, %d to compute, reference %s, MD by %s, seed %d",
+            out,
+            len(units),
+            len(todo),
+            config["reference"],
+            settings.md_calculator,
+            seed,
+        )
+        unit_errors: list[dict[str, Any]] = []
+        bar = tqdm(
+            total=len(units),
+            initial=len(units) - len(todo),
+            unit="traj",
+            disable=not progress,
+            desc=f"gmd26 build {preset}",
+        )
+
+        def on_done(args: tuple[Any, ...], future: Any) -> None:
+            spec, index = args[0], args[1]
+            try:
+                result = future.result()
+            except Exception as error:
+                unit_errors.append(
+                    failure_record(spec, index, -1, "setup", f"{type(error).__name__}: {error}")
+                )
+                logger.error("%s t%d failed: %s", spec.molecule_id, index, error)
+            else:
+                _store(out, result)
+                logger.info(
+                    "%s t%d: %d frames, %d failures, %d MD steps, %.2f s",
+                    spec.molecule_id,
+                    index,
+                    len(result.frames),
+                    len(result.failures),
+                    result.md_steps,
+                    result.seconds,
+                )
+                for record in result.failures:
+                    logger.warning(
+                        "%s t%d step %d [%s] failed: %s",
+                        spec.molecule_id,
+                        index,
+                        record["step"],
+                        record["stage"],
+                        record["error"],
+                    )
+            bar.update(1)
+
+        if executor is not None:
+            _run_units(executor, generate_trajectory, todo, max(1, len(todo)), on_done)
+        else:
+            n_workers = _default_workers() if workers is None else workers
+            if n_workers <= 1:
+                with single_threaded_openmp():
+                    _run_units(SerialExecutor(), generate_trajectory, todo, 1, on_done)
+            else:
+                context = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(
+                    n_workers, mp_context=context, initializer=limit_threads
+                ) as pool:
+                    _run_units(pool, generate_trajectory, todo, 2 * n_workers, on_done)
+        bar.close()
+
+        failures = _collect_failures(out, unit_errors)
+        _write_manifests(out, preset, config)
+        n_frames, n_atoms, missing = _count_frames(out, units)
+        wall = time.perf_counter() - start
+        write_json(
+            out / layout.BUILD_FILE,
+            {
+                **config,
+                "status": "complete" if not missing else "incomplete",
+                "wall_time_s": round(wall, 1),
+                "total_wall_time_s": round(previous_wall + wall, 1),
+                "counts": {
+                    "molecules": len({spec.molecule_id for spec, _ in units}),
+                    "trajectories": len(units) - len(missing),
+                    "frames": n_frames,
+                    "atoms": n_atoms,
+                    "failures": len(failures),
+                    "missing_trajectories": len(missing),
+                },
+            },
+        )
+        logger.info(
+            "done in %.1f s: %d frames, %d failures, %d missing trajectories",
+            wall,
+            n_frames,
+            len(failures),
+            len(missing),
+        )
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    return BuildSummary(
+        out, n_frames, len(units) - len(missing), len(todo), failures, missing, wall
+    )

@@ -1,0 +1,140 @@
+"""The ``report.md`` document: run header, headline and one section per task, rendered from
+the ``report.json`` content (the tables themselves: :mod:`benchmark.report.tables`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from benchmark.report.tables import (
+    attribution_table,
+    cost_table,
+    extrapolation_table,
+    fragment_table,
+    gmd26_table,
+    headline_table,
+    routing_table,
+    stability_table,
+)
+
+
+def _run_header(report: Mapping[str, Any]) -> list[str]:
+    run = report.get("run", {})
+    plan, machine = run.get("plan", {}), run.get("machine", {})
+    lines = [f"Run directory `{report['run_dir']}`, data `{report['data_dir']}`."]
+    if plan:
+        cell_budget = plan.get("cell_minutes")
+        lines.append(
+            f"Preset `{plan.get('preset')}`"
+            + (f" capped at {cell_budget} min per cell" if cell_budget else "")
+            + f", {plan.get('seeds')} seed(s), device `{plan.get('device')}`."
+        )
+    if machine:
+        lines.append(
+            f"Machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs, torch "
+            f"{machine.get('torch')}, git commit `{machine.get('git_commit')}`."
+        )
+    invocations = run.get("invocations", [])
+    if invocations:
+        total = sum(i.get("wall_seconds") or 0.0 for i in invocations)
+        lines.append(f"Matrix wall time {total / 60:.1f} min ({len(invocations)} invocation(s)).")
+    return [" ".join(lines), ""]
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The Markdown text of ``report.md`` from the ``report.json`` content."""
+    out = ["# GMD-26 benchmark report", "", *_run_header(report)]
+    out += [
+        "Every table: mean ± sample standard deviation over the seeds that finished ok (no ± for "
+        "one seed). Forces in eV/Å, energies in eV. OOD/ID is the generalisation gap.",
+        "",
+        "## Headline: force MAE (eV/Å), ID / OOD (OOD/ID)",
+        "",
+        headline_table(report["tasks"]),
+        "",
+        f"![headline]({report['headline_figure']})",
+        "",
+    ]
+    for task, section in report["tasks"].items():
+        out += [f"## Task: {task}", "", f"*{section['rule']}*", ""]
+        models = section["models"]
+        failed = [
+            f"- `{name}` seed {f['seed']}: {f['reason']}"
+            for name, s in models.items()
+            for f in s["failed"]
+        ]
+        if failed:
+            out += ["Failed cells:", "", *failed, ""]
+        out += [
+            "### GMD-26 metrics",
+            "",
+            gmd26_table(models),
+            "",
+            "### Cost",
+            "",
+            cost_table(models),
+            "",
+        ]
+        figs = section["figures"]
+        if "parity" in figs:
+            out += ["### Parity", "", f"![parity]({figs['parity']})", ""]
+        if "fragments" in figs:
+            out += [
+                "### Force MAE per fragment label (eV/Å), ID / OOD",
+                "",
+                "Which fragments' atoms carry the OOD error.",
+                "",
+                fragment_table({m: s for m, s in models.items() if s["seeds_ok"]}),
+                "",
+                f"![fragments]({figs['fragments']})",
+                "",
+            ]
+        if "extrapolation" in section:
+            out += [
+                "### Distance from the training set",
+                "",
+                "SOAP distance of each test atom to the nearest training environment of the same "
+                "element (r_cut 5 Å, unit-normalised spectra). Per-atom force MAE (eV/Å) of OOD "
+                "atoms within the 95th percentile of ID distances vs beyond it:",
+                "",
+                extrapolation_table(section["extrapolation"]),
+                "",
+                f"![extrapolation]({figs['extrapolation']})",
+                "",
+            ]
+        if "stability" in section:
+            settings = report["options"]["stability_settings"]
+            out += [
+                "### MD stability",
+                "",
+                f"NVT Langevin, {settings['steps']} steps x {settings['timestep_fs']} fs at "
+                f"{settings['temperature_k']} K, {report['options']['stability_molecules']} OOD "
+                "molecules per model; failure = bond broken (> 1.5x covalent radii sum) or formed "
+                "(< 1.0x), energy drift > "
+                f"{settings['max_energy_drift_per_atom']} eV/atom, or non-finite output. Stable "
+                "runs count their full length in the mean time to failure (a lower bound).",
+                "",
+                stability_table(section["stability"]),
+                "",
+            ]
+        if "routing" in section:
+            out += [
+                "### DeepSet-MoE routing, ID vs OOD",
+                "",
+                routing_table(section["routing"]),
+                "",
+                f"![routing]({figs['routing']})",
+                "",
+            ]
+        if "attribution" in section:
+            out += [
+                "### DeepSet-MoE attribution per fragment (Integrated Gradients), ID vs OOD",
+                "",
+                attribution_table(section["attribution"]),
+                "",
+                f"![attribution]({figs['attribution']})",
+                "",
+            ]
+    if report["gaps"]:
+        out += ["## Gaps", "", *[f"- {gap}" for gap in report["gaps"]], ""]
+    return "\n".join(out)

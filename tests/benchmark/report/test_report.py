@@ -1,0 +1,113 @@
+"""The GMD-26 report of a matrix run: tables, figures, model analyses, caching."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmark.evaluation.metrics import METRIC_LABELS
+from benchmark.evaluation.stability import StabilitySettings
+from benchmark.matrix import cell_dir
+from benchmark.report.build import REPORT_JSON, REPORT_MD, build_report
+from benchmark.report.collect import aggregate
+from benchmark.report.sections import FIGURES_DIR, ReportOptions
+from benchmark.report.tables import markdown_table
+
+FAST = ReportOptions(
+    stability_settings=StabilitySettings(steps=40, check_every=10),
+    stability_molecules=1,
+    routing_frames=16,
+    attribution_molecules=4,
+    attribution_steps=8,
+)
+
+
+@pytest.fixture(scope="module")
+def report(smoke_matrix):
+    return build_report(smoke_matrix, FAST)
+
+
+def test_markdown_tables_have_the_gmd26_columns(smoke_matrix, report):
+    text = (smoke_matrix / REPORT_MD).read_text()
+    assert "| model | duplication |" in text  # headline
+    assert "| model | metric | ID | OOD | OOD/ID |" in text
+    for label in METRIC_LABELS.values():
+        assert f"| {label} |" in text
+    assert "| model | parameters | train frames/s | epochs | wall time (s) | seeds ok |" in text
+    assert "| fragment | deepset_moe ID / OOD | schnet ID / OOD |" in text
+    assert "| model | ID MAE | OOD MAE, d ≤ d95(ID) |" in text
+    assert "| routing metric | ID | OOD |" in text
+    assert "| fragment | ID atoms | ID meV/atom | OOD atoms | OOD meV/atom |" in text
+    assert "`painn` seed 0: " in text and "no_such_hyperparameter" in text
+    for line in text.splitlines():
+        if line.startswith("|"):
+            assert line.endswith("|"), line
+
+
+def test_json_numbers_match_the_cells(smoke_matrix, report):
+    stored = json.loads((smoke_matrix / REPORT_JSON).read_text())
+    cell = json.loads(
+        (cell_dir(smoke_matrix, "duplication", "schnet", 0) / "result.json").read_text()
+    )
+    schnet = stored["tasks"]["duplication"]["models"]["schnet"]
+    assert schnet["metrics"]["ood"]["force_mae"]["mean"] == pytest.approx(
+        cell["metrics"]["ood_test"]["force_mae"]
+    )
+    assert schnet["metrics"]["ratio"]["force_mae"]["mean"] == pytest.approx(
+        cell["metrics"]["gap"]["force_mae"]
+    )
+    assert stored["tasks"]["duplication"]["models"]["painn"]["seeds_ok"] == []
+    assert stored["headline"]["duplication"]["schnet"]["id"] == pytest.approx(
+        cell["metrics"]["id_test"]["force_mae"]
+    )
+
+
+def test_figures_are_written(smoke_matrix, report):
+    figures = smoke_matrix / FIGURES_DIR
+    for name in (
+        "headline",
+        "duplication_parity",
+        "duplication_fragments",
+        "duplication_extrapolation",
+        "duplication_routing",
+        "duplication_attribution",
+    ):
+        path = figures / f"{name}.png"
+        assert path.exists() and path.stat().st_size > 10_000, name
+
+
+def test_extrapolation_and_model_analyses(smoke_matrix, report):
+    task = report["tasks"]["duplication"]
+    for model in ("deepset_moe", "schnet"):
+        analysis = task["extrapolation"][model]
+        assert 0.0 <= analysis["ood_fraction_beyond"] <= 1.0
+        assert analysis["mean_distance"]["ood"] >= 0.0
+        assert len(analysis["curves"]["ood"]["mean"]) == len(analysis["curves"]["ood"]["center"])
+        study = task["stability"][model]
+        assert len(study["runs"]) == 1 and 0.0 <= study["fraction_stable"] <= 1.0
+        assert 0 < study["mean_time_to_failure_fs"] <= 20.0
+    assert task["routing"]["num_experts"] >= 2
+    assert set(task["attribution"]) == {"id", "ood"}
+    assert "painn" not in task["stability"]
+
+
+def test_second_report_reuses_caches(smoke_matrix, report):
+    deepset = cell_dir(smoke_matrix, "duplication", "deepset_moe", 0)
+    cached = [deepset / f"analysis_{n}.json" for n in ("stability", "routing", "attribution")]
+    cached.append(smoke_matrix / "duplication" / "soap_distances.npz")
+    stamps = [path.stat().st_mtime_ns for path in cached]
+    again = build_report(smoke_matrix, FAST)
+    assert [path.stat().st_mtime_ns for path in cached] == stamps
+    assert again["tasks"]["duplication"]["stability"] == report["tasks"]["duplication"]["stability"]
+
+
+def test_aggregate_and_markdown_table():
+    stats = aggregate([1.0, 3.0, None, float("nan")])
+    assert stats["n"] == 2 and stats["mean"] == 2.0
+    assert stats["std"] == pytest.approx(np.sqrt(2.0))
+    assert aggregate([5.0])["std"] is None
+    assert aggregate([])["mean"] is None
+    table = markdown_table(["a", "b"], [["x", "1"]]).splitlines()
+    assert table == ["| a | b |", "|:---|---:|", "| x | 1 |"]
