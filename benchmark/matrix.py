@@ -17,7 +17,7 @@ done, estimated time left) goes to stderr and, with every cell start / skip / en
 timings of every invocation.
 
 A run folder belongs to one protocol: running a plan whose preset, preset overrides, model
-settings, data, safety cap or threads differ from the folder's ``run.json`` is refused
+settings, data, safety cap, threads or device differ from the folder's ``run.json`` is refused
 (:class:`PlanMismatchError`); more tasks, models or seeds may be added.
 
 Cells run in ``workers`` processes at once, each on ``threads_per_cell`` torch threads. The
@@ -67,6 +67,7 @@ PROTOCOL_KEYS = (
     "data_dir",
     "cell_minutes",
     "threads_per_cell",
+    "device",
 )
 """Plan fields that define a run folder's protocol (see :class:`PlanMismatchError`)."""
 

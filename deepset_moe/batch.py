@@ -17,6 +17,12 @@ Energies stay float64 because total energies of organic molecules are hundreds o
 errors of interest are meV. :func:`collate` builds a batch from any structures that carry
 ``numbers`` and ``positions`` (and optionally ``fragment``, ``energy``, ``forces``);
 :func:`atoms_to_batch` builds one from ``ase.Atoms``-like objects.
+
+Geometry a model cannot evaluate is refused, never turned into a number: non-finite
+coordinates and two atoms of one molecule closer than :data:`MIN_DISTANCE` raise
+:class:`GeometryError` naming the structure and the atoms (:func:`check_positions` for one
+structure; :func:`deepset_moe.graph.radius_graph`, which every model calls, for any batch,
+including one built by hand). An atom far from every other one is legal (an isolated atom).
 """
 
 from __future__ import annotations
@@ -43,24 +49,70 @@ class Structure(Protocol):
     positions: np.ndarray
 
 
+MIN_DISTANCE = 0.1
+"""Å. Two atoms of one molecule closer than this are overlapping: no model of this project
+can evaluate them (distances near zero give NaN or meaningless energies), so they raise
+:class:`GeometryError`. The shortest real bond (H2) is 0.74 Å."""
+
+
 class BatchError(ValueError):
     """Structures that cannot be batched (empty, malformed or non-finite)."""
 
 
-def check_positions(pos: np.ndarray | Tensor, where: str = "structure") -> None:
-    """Raise :class:`BatchError` naming the first atom whose coordinates are not finite.
+class GeometryError(BatchError):
+    """A structure a model cannot evaluate: non-finite coordinates or overlapping atoms.
 
-    Args:
-        pos: [n, 3] positions, Å.
-        where: how to name the structure in the message.
+    Attributes:
+        molecule: index of the structure in its batch (``None`` when unknown).
+        atoms: the atom indices concerned, counted inside the structure.
     """
-    finite = torch.isfinite(torch.as_tensor(pos)).all(dim=-1)
+
+    def __init__(self, message: str, molecule: int | None = None, atoms: tuple[int, ...] = ()):
+        super().__init__(message)
+        self.molecule = molecule
+        self.atoms = tuple(atoms)
+
+
+def geometry_problem(
+    pos: np.ndarray | Tensor, where: str = "structure", molecule: int | None = None
+) -> GeometryError | None:
+    """The first problem of one structure's positions [n, 3] (Å), or None if it can be
+    evaluated: an atom with non-finite coordinates, else the closest pair of atoms nearer than
+    :data:`MIN_DISTANCE`."""
+    pos = torch.as_tensor(pos).detach().to("cpu", torch.float64)
+    finite = torch.isfinite(pos).all(dim=-1)
     if not bool(finite.all()):
         atom = int(torch.nonzero(~finite)[0, 0])
-        raise BatchError(
+        return GeometryError(
             f"{where}: atom {atom} has non-finite coordinates ({pos[atom].tolist()}); "
-            f"check the geometry (NaN/inf positions cannot be evaluated)"
+            f"fix the geometry (NaN/inf positions cannot be evaluated)",
+            molecule,
+            (atom,),
         )
+    if pos.shape[0] < 2:
+        return None
+    distance = torch.cdist(pos, pos)
+    distance.fill_diagonal_(torch.inf)
+    closest = int(torch.argmin(distance))
+    i, j = divmod(closest, pos.shape[0])
+    if float(distance[i, j]) >= MIN_DISTANCE:
+        return None
+    i, j = min(i, j), max(i, j)
+    return GeometryError(
+        f"{where}: atoms {i} and {j} are {float(distance[i, j]):.3g} Å apart (overlapping; "
+        f"closer than {MIN_DISTANCE} Å); fix the geometry",
+        molecule,
+        (i, j),
+    )
+
+
+def check_positions(pos: np.ndarray | Tensor, where: str = "structure") -> None:
+    """Raise :class:`GeometryError` if one structure's positions [n, 3] (Å) cannot be
+    evaluated: non-finite coordinates (naming the atom) or two atoms closer than
+    :data:`MIN_DISTANCE` (naming both); ``where`` names the structure in the message."""
+    problem = geometry_problem(pos, where)
+    if problem is not None:
+        raise problem
 
 
 def collate(structures: Sequence[Structure], dtype: torch.dtype = torch.float32) -> Batch:
@@ -74,7 +126,8 @@ def collate(structures: Sequence[Structure], dtype: torch.dtype = torch.float32)
         dtype: floating dtype of ``pos`` and ``forces``.
 
     Raises:
-        BatchError: no structures, or an atom with non-finite coordinates.
+        BatchError: no structures, or (:class:`GeometryError`) an atom with non-finite
+            coordinates. Overlapping atoms are found by the model's radius graph.
     """
     if len(structures) == 0:
         raise BatchError("cannot collate an empty list of structures")
@@ -83,7 +136,9 @@ def collate(structures: Sequence[Structure], dtype: torch.dtype = torch.float32)
     if not np.isfinite(positions).all():
         for index, structure in enumerate(structures):
             name = getattr(structure, "molecule_id", None) or f"structure {index}"
-            check_positions(np.asarray(structure.positions), where=str(name))
+            problem = geometry_problem(np.asarray(structure.positions), str(name), index)
+            if problem is not None:
+                raise problem
     batch: Batch = {
         "z": torch.from_numpy(np.concatenate([np.asarray(s.numbers) for s in structures])).long(),
         "pos": torch.from_numpy(positions).to(dtype),

@@ -13,7 +13,17 @@ per-atom fragment labels. They are taken, in order, from
    set (when the atomic numbers change) and kept during dynamics, so that a stretched bond in
    MD never relabels atoms.
 
+Isolated atoms (a lone atom, or an atom with no neighbour within bonding distance) need no
+bond perception: they take the vocabulary's ``isolated_label`` (its ``other_label``, else the
+alkyl class of a carbon with no H, ``"C"`` in the default vocabulary). So the energy of a lone
+C, H or O atom is E0(Z) plus the network's value for that atom routed with that label, and its
+forces are zero, for every model.
+
 Other models (``learned`` routing, baselines) read no fragments and none are computed.
+
+Geometry no model can evaluate is refused before anything else (bond perception included):
+non-finite coordinates or two atoms closer than :data:`deepset_moe.batch.MIN_DISTANCE` raise
+:class:`deepset_moe.batch.GeometryError` naming the atoms.
 """
 
 from __future__ import annotations
@@ -83,6 +93,7 @@ class PotentialCalculator(Calculator):
 
         Raises:
             ValueError: labels of the wrong length or outside the vocabulary.
+            FragmentError: bond perception failed (isolated atoms never need it).
         """
         numbers = atoms.get_atomic_numbers()
         if self.fixed_fragments is not None:

@@ -16,8 +16,8 @@ network_state      ``state_dict`` of the network (no E0; EMA weights when traine
 e0                 ``{atomic number: E0 in eV}``
 fragments          the fragment vocabulary (:class:`~deepset_moe.fragments.FragmentVocabulary`
                    dict) the model was trained with; format 1 stored only ``fragment_names``
-training           trainer-owned dict (step, optimiser, scheduler, EMA, task, ...); absent
-                   from inference-only files (:func:`strip_training_state`)
+training           trainer-owned dict (step, optimiser, scheduler, EMA, task, ...); in
+                   inference-only files only the run facts (:func:`strip_training_state`)
 =================  ============================================================
 
 :func:`load_potential` is model-neutral: it imports ``model_target``, so a baseline checkpoint
@@ -98,10 +98,17 @@ def save_checkpoint(
         torch.save(payload, partial)
 
 
+TRAINER_STATE_KEYS = ("network_state_live", "optimizer", "schedule", "ema", "rng", "history")
+"""Entries of ``training`` needed only to resume training (dropped from inference files)."""
+
+
 def strip_training_state(source: str | Path, target: str | Path) -> None:
-    """Write an inference-only copy of a checkpoint (no optimiser or trainer state)."""
+    """Write an inference-only copy of a checkpoint: weights, config, E0 and vocabulary, and
+    of ``training`` only the run facts (task, data, preset, seed, step); no optimiser, live
+    weights, EMA, RNG or history. ``source`` and ``target`` may be the same file."""
     payload = read_checkpoint(source)
-    payload.pop("training", None)
+    training = payload.get("training", {})
+    payload["training"] = {k: v for k, v in training.items() if k not in TRAINER_STATE_KEYS}
     with atomic_write(target) as partial:
         torch.save(payload, partial)
 

@@ -103,7 +103,7 @@ class DeepSetMoEConfig:
     top_k: int = 2
     router_mode: str = "hybrid"
     gate: str = "smooth_topk"
-    gate_width: float = 0.1
+    gate_width: float = 0.3
     spatial_bins: int = 8
     fragments: FragmentVocabulary = DEFAULT_VOCABULARY
     fragment_dim: int = 16

@@ -15,6 +15,15 @@ Rules, applied in this order:
 4. an atom still unlabelled takes ``other_label`` when the vocabulary has one, otherwise
    :class:`FragmentError` names the molecule and the atom.
 
+Isolated atoms. From coordinates (:meth:`FragmentVocabulary.from_geometry`), an atom with no
+neighbour within bonding distance (RDKit connectivity; a lone atom trivially) needs no bond
+perception: it gets :attr:`FragmentVocabulary.isolated_label`, the ``other_label`` when the
+vocabulary has one, else the alkyl class of a carbon with no attached H (``"C"`` in the
+default vocabulary). The choice is a convention (no training molecule has such an atom), fixed
+so that isolated-atom energies, an everyday calculation, are well defined for fragment-routed
+models: the energy of a lone atom is E0 plus the network's value for that atom routed as
+``isolated_label``. The remaining atoms are perceived as one molecule without the isolated ones.
+
 :data:`DEFAULT_VOCABULARY` is DeepSet-MoE's default (and the GMD-26 data's) vocabulary:
 
 =================  ==========================================================================
@@ -100,6 +109,23 @@ class FragmentVocabulary:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def isolated_label(self) -> int:
+        """Label of an atom with no neighbour (module docstring): ``other_label`` if set, else
+        the 0-H alkyl class.
+
+        Raises:
+            FragmentError: the vocabulary has neither.
+        """
+        if self.other_label:
+            return len(self.names) - 1
+        if self.alkyl_classes:
+            return len(self.patterns) + 3
+        raise FragmentError(
+            f"vocabulary {self.names} has no label for an isolated atom (no other_label, no "
+            f"alkyl classes); pass the fragment labels explicitly"
+        )
 
     def index(self, name: str) -> int:
         """Integer label of ``name``; ``KeyError`` lists the vocabulary."""
@@ -247,11 +273,36 @@ class FragmentVocabulary:
             positions: [n, 3] Å.
             charge: total molecular charge (e).
 
+        Atoms with no neighbour within bonding distance take :attr:`isolated_label` (module
+        docstring) and the others are perceived as one molecule without them, so a lone atom,
+        or a molecule beside a far-away atom, is labelled without error.
+
         Returns:
             [n] int64 labels in the input atom order.
+
+        Raises:
+            FragmentError: bad shapes, non-finite coordinates, an element outside the
+                vocabulary, or bond perception of the connected atoms failed.
         """
-        mol = mol_from_geometry(numbers, positions, charge=charge)
-        return self.assign(mol)
+        numbers = np.asarray(numbers, dtype=np.int64)
+        positions = np.asarray(positions, dtype=np.float64)
+        isolated = isolated_atoms(numbers, positions)
+        labels = np.full(numbers.shape, -1, dtype=np.int64)
+        for atom in np.flatnonzero(isolated):
+            z = int(numbers[atom])
+            symbol = PERIODIC_SYMBOLS[z] if 0 < z < len(PERIODIC_SYMBOLS) else f"Z={z}"
+            if symbol not in self.elements:
+                raise FragmentError(
+                    f"geometry: atom {atom} ({symbol}): element outside the vocabulary's "
+                    f"{self.elements}"
+                )
+        if isolated.any():
+            labels[isolated] = self.isolated_label
+        connected = ~isolated
+        if connected.any():
+            mol = mol_from_geometry(numbers[connected], positions[connected], charge=charge)
+            labels[connected] = self.assign(mol)
+        return labels
 
 
 DEFAULT_VOCABULARY = FragmentVocabulary(
@@ -307,14 +358,53 @@ def mol_from_geometry(
         charge: total charge of the molecule (e).
 
     Raises:
-        FragmentError: shapes disagree, an atom is alone (nothing to bond to), or RDKit cannot
-            assign a consistent bonding pattern.
+        FragmentError: shapes disagree, an atom is alone (nothing to bond to; see
+            :meth:`FragmentVocabulary.from_geometry`), or RDKit cannot assign a consistent
+            bonding pattern.
     """
-    from rdkit import Chem
     from rdkit.Chem import rdDetermineBonds, rdMolDescriptors
 
     numbers = np.asarray(numbers, dtype=np.int64)
     positions = np.asarray(positions, dtype=np.float64)
+    _check_geometry(numbers, positions)
+    if numbers.size == 1:
+        raise FragmentError(
+            f"geometry: a lone {PERIODIC_SYMBOLS[int(numbers[0])]} atom has no bonds to perceive;"
+            f" label it with FragmentVocabulary.from_geometry (isolated atoms get the "
+            f"vocabulary's isolated_label) or pass its fragment label explicitly"
+        )
+    mol = _mol_with_conformer(numbers, positions)
+    try:
+        rdDetermineBonds.DetermineBonds(mol, charge=int(charge))
+    except (ValueError, RuntimeError) as error:
+        mol.UpdatePropertyCache(strict=False)
+        formula = rdMolDescriptors.CalcMolFormula(mol)
+        raise FragmentError(f"geometry {formula}: bond perception failed: {error}") from error
+    return mol
+
+
+def isolated_atoms(
+    numbers: Sequence[int] | np.ndarray, positions: Sequence[Sequence[float]] | np.ndarray
+) -> np.ndarray:
+    """[n] bool: atoms with no neighbour within bonding distance (RDKit's connectivity from
+    covalent radii; no bond orders are perceived). A lone atom is isolated.
+
+    Raises:
+        FragmentError: bad shapes or non-finite coordinates.
+    """
+    from rdkit.Chem import rdDetermineBonds
+
+    numbers = np.asarray(numbers, dtype=np.int64)
+    positions = np.asarray(positions, dtype=np.float64)
+    _check_geometry(numbers, positions)
+    if numbers.size <= 1:
+        return np.ones(numbers.shape, dtype=bool)
+    mol = _mol_with_conformer(numbers, positions)
+    rdDetermineBonds.DetermineConnectivity(mol)
+    return np.array([atom.GetDegree() == 0 for atom in mol.GetAtoms()], dtype=bool)
+
+
+def _check_geometry(numbers: np.ndarray, positions: np.ndarray) -> None:
     if numbers.ndim != 1 or positions.shape != (numbers.size, 3):
         raise FragmentError(
             f"geometry: expected numbers [n] and positions [n, 3], got {numbers.shape} and "
@@ -323,6 +413,11 @@ def mol_from_geometry(
     if not np.isfinite(positions).all():
         bad = int(np.flatnonzero(~np.isfinite(positions).all(axis=1))[0])
         raise FragmentError(f"geometry: atom {bad} has non-finite coordinates {positions[bad]}")
+
+
+def _mol_with_conformer(numbers: np.ndarray, positions: np.ndarray) -> Chem.Mol:
+    from rdkit import Chem
+
     editable = Chem.RWMol()
     conformer = Chem.Conformer(int(numbers.size))
     for index, (number, xyz) in enumerate(zip(numbers.tolist(), positions, strict=True)):
@@ -330,18 +425,6 @@ def mol_from_geometry(
         conformer.SetAtomPosition(index, xyz.tolist())
     mol = editable.GetMol()
     mol.AddConformer(conformer, assignId=True)
-    if numbers.size == 1:
-        raise FragmentError(
-            f"geometry: a lone {PERIODIC_SYMBOLS[int(numbers[0])]} atom has no bonds to perceive;"
-            f" pass its fragment label explicitly (or use a model whose routing needs no "
-            f"fragments)"
-        )
-    try:
-        rdDetermineBonds.DetermineBonds(mol, charge=int(charge))
-    except (ValueError, RuntimeError) as error:
-        mol.UpdatePropertyCache(strict=False)
-        formula = rdMolDescriptors.CalcMolFormula(mol)
-        raise FragmentError(f"geometry {formula}: bond perception failed: {error}") from error
     return mol
 
 

@@ -71,9 +71,13 @@ from torch import Tensor
 
 from kernels.routing import Gate, topk_gate
 
-NORMALISATION_FLOOR = 0.05
-"""eps of step 3 of the module docstring: below this total ramped probability the weights
-no longer sum to one and fade out with it."""
+NORMALISATION_FLOOR = 1.0
+"""eps of step 3 of the module docstring: below this total ramped odds Z the weights no
+longer sum to one and fade out with it."""
+
+THRESHOLD_SLACK = 0.5
+"""delta / tau: the smooth threshold lies within delta = THRESHOLD_SLACK * tau above the
+(k+1)-th logit."""
 
 
 def smoothstep(x: Tensor) -> Tensor:
@@ -125,31 +129,39 @@ def smooth_kth_threshold(logits: Tensor, k: int, width: float) -> Tensor:
     return (log_e[:, k + 1] - log_e[:, k] + log_choose_k) / beta + shift.squeeze(-1)
 
 
-def smooth_topk_gate(logits: Tensor, k: int, width: float) -> Gate:
+def smooth_topk_gate(logits: Tensor, k: int, width: float, slack: float = THRESHOLD_SLACK) -> Gate:
     """Smooth sparse top-k gate (module docstring).
 
     Args:
         logits: [N, K] float router logits.
         k: experts per atom, 1 <= k <= K.
-        width: tau > 0, width of the ramp and bound on the threshold's excess, logit units.
+        width: tau > 0, width of the ramp, logit units.
+        slack: delta / tau, bound on the threshold's excess over the (k+1)-th logit.
 
     Returns:
         :class:`kernels.routing.Gate`: ``probs`` [N, K] softmax, ``experts`` [N, k] long (the
         k most probable, in decreasing probability), ``weights`` [N, k] >= 0 (C2 in the
-        logits; they sum to one unless the top k+1 logits are within about a width of each
-        other), ``counts`` [K] assignments per expert (zero-weight slots included).
+        logits; they sum to one unless the top k+1 logits nearly tie), ``counts`` [K]
+        assignments per expert (zero-weight slots included).
     """
-    if width <= 0:
-        raise ValueError(f"gate width must be > 0, got {width}")
+    if width <= 0 or slack <= 0:
+        raise ValueError(f"gate width and slack must be > 0, got {width}, {slack}")
     top = topk_gate(logits, k, normalize=False)
     if k == logits.shape[-1]:
         return top  # dense softmax: w = p, already smooth
-    threshold = smooth_kth_threshold(logits, k, width)
-    chosen_logits = logits.gather(1, top.experts)
-    ramp = smoothstep((chosen_logits - threshold.unsqueeze(-1)) / width)
-    ramped = top.weights * ramp  # top.weights: the chosen experts' probabilities
+    threshold = smooth_kth_threshold(logits, k, slack * width).unsqueeze(-1)
+    margin = logits.gather(1, top.experts) - threshold  # [N, k], m_e = l_e - t
+    ramp = smoothstep(margin / width)
+    # Z = sum_e g_e exp(m_e). exp(min(m, tau)) equals exp(m) wherever it matters: an expert
+    # with m > tau has g = 1 and makes Z > 1 > eps, where only the ratios below are used.
+    odds = (ramp * torch.exp(margin.clamp(max=width))).sum(-1, keepdim=True)
+    fade = odds / soft_floor(odds, NORMALISATION_FLOOR)  # 1 once Z >= eps
+    ramped = ramp * top.weights  # g_e p_e (top.weights: the chosen experts' probabilities)
     total = ramped.sum(-1, keepdim=True)
-    return top._replace(weights=ramped / soft_floor(total, NORMALISATION_FLOOR))
+    # g_e p_e / sum_f g_f p_f = g_e exp(m_e) / Z; the sum is 0 only where fade is 0 too.
+    safe_total = torch.where(total > 0, total, torch.ones_like(total))
+    weights = torch.where(total > 0, fade * ramped / safe_total, torch.zeros_like(ramped))
+    return top._replace(weights=weights)
 
 
 def apply_gate(name: str, logits: Tensor, k: int, width: float) -> Gate:

@@ -5,12 +5,22 @@ built exactly by enumerating every ordered atom pair *inside each molecule* of t
 (sum_b n_b^2 pairs, never N^2 across the batch) and keeping those closer than the cutoff.
 Graph construction is not differentiated; edge vectors are recomputed from ``pos`` by the
 models so that forces flow through them.
+
+Because every model builds its graph here, this is also where model inputs are checked:
+non-finite coordinates and overlapping atoms (closer than
+:data:`deepset_moe.batch.MIN_DISTANCE`) raise :class:`deepset_moe.batch.GeometryError` naming
+the molecule and the atoms, whatever built the batch. The check reuses the pair distances the
+graph needs (one extra device synchronisation).
 """
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import Tensor
+
+from deepset_moe.batch import MIN_DISTANCE, GeometryError, geometry_problem
 
 
 def intra_molecule_pairs(ptr: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,11 +65,31 @@ def radius_graph(pos: Tensor, ptr: Tensor, cutoff: float) -> Tensor:
         ``edge_index`` [2, E] long in the PyG convention: row 0 is the source (neighbour j),
         row 1 the target (centre i), so messages flow ``edge_index[0] -> edge_index[1]``.
         Both directions of every pair are present; edges are sorted by target.
+
+    Raises:
+        GeometryError: an atom with non-finite coordinates, or two atoms of one molecule
+            closer than :data:`~deepset_moe.batch.MIN_DISTANCE`; the message names the
+            molecule (its index in the batch) and the atoms (indices inside the molecule).
     """
     centre, neighbour = intra_molecule_pairs(ptr)
     distance = (pos[neighbour] - pos[centre]).norm(dim=-1)
+    # NaN distances fail ">=", so one reduction finds overlaps and non-finite atoms in pairs;
+    # the isfinite term covers atoms without a partner (a lone atom).
+    bad = (~(distance >= MIN_DISTANCE)).any() | (~torch.isfinite(pos)).any()
+    if bool(bad):
+        _raise_geometry_error(pos, ptr)
     keep = distance < cutoff
     return torch.stack([neighbour[keep], centre[keep]])
+
+
+def _raise_geometry_error(pos: Tensor, ptr: Tensor) -> None:
+    """Find the first molecule whose geometry cannot be evaluated and raise its error."""
+    bounds = ptr.tolist()
+    for molecule, (start, end) in enumerate(pairwise(bounds)):
+        problem = geometry_problem(pos[start:end], f"molecule {molecule} of the batch", molecule)
+        if problem is not None:
+            raise problem
+    raise GeometryError("non-finite or overlapping atoms outside every molecule of the batch")
 
 
 def edge_vectors(pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:

@@ -146,9 +146,7 @@ class FragmentAwareRouter(nn.Module):
             input_dim += config.fragment_dim
         if self.mode == "identity":
             self.species_index = SpeciesIndex(config.atomic_numbers)
-            self.species_embedding = nn.Embedding(
-                len(config.atomic_numbers), config.fragment_dim
-            )
+            self.species_embedding = nn.Embedding(len(config.atomic_numbers), config.fragment_dim)
             input_dim += config.fragment_dim
         if self.mode == "spatial":
             self.spatial = SpatialDescriptor(

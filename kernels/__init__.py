@@ -13,8 +13,10 @@ backend by device:
 * :mod:`kernels.triton_segment_sum`, :mod:`kernels.triton_routing`,
   :mod:`kernels.triton_grouped`: the Triton kernels (imported only when they run);
 * :mod:`kernels.check`: every kernel against its reference (``python -m kernels.check``);
-* :mod:`kernels.bench`: micro-benchmarks, a training step and MD-step inference against MACE
-  (``python -m kernels.bench``).
+* :mod:`kernels.bench`: micro-benchmarks of the kernels with their performance goals
+  (``python -m kernels.bench``); the model-level speed (training step with kernels on/off,
+  MD-step inference against MACE) is ``benchmark.evaluation.speed``.
 
-``tools/gpu/run_all.sh`` runs both on a GPU machine and collects their logs and JSON reports.
+``tools/gpu/run_all.sh`` runs check, bench and the model speed on a GPU machine and collects
+their logs and JSON reports.
 """

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("build", "info", "train", "explain", "run", "report")
+COMMANDS = ("build", "info", "train", "explain", "run", "report", "fit", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 from rdkit import Chem
-from rdkit.Chem import AllChem
 
 from benchmark.dataset.frames import Frame
-from deepset_moe.fragments import fragments_from_smiles
+from deepset_moe.conformers import embed_conformer
+from deepset_moe.fragments import assign_fragments
 
 
 def unlabelled_frame(smiles: str, seed: int = 0, relax: bool = False) -> Frame:
@@ -23,14 +23,8 @@ def unlabelled_frame(smiles: str, seed: int = 0, relax: bool = False) -> Frame:
     Raises:
         RuntimeError: ETKDG could not embed the molecule (names the SMILES).
     """
-    mol, fragment = fragments_from_smiles(smiles)
-    params = AllChem.ETKDGv3()
-    params.randomSeed = seed
-    if AllChem.EmbedMolecule(mol, params) != 0:
-        raise RuntimeError(f"ETKDG failed for {smiles}")
-    if relax:
-        AllChem.MMFFOptimizeMolecule(mol)
-    positions = mol.GetConformer().GetPositions()
+    mol, positions = embed_conformer(smiles, seed, relax)
+    fragment = assign_fragments(mol, name=smiles)
     return Frame(
         numbers=np.array([atom.GetAtomicNum() for atom in mol.GetAtoms()]),
         positions=positions,

@@ -23,6 +23,7 @@ import ase.io
 import numpy as np
 
 from deepset_moe.atomic_io import atomic_write
+from deepset_moe.batch import geometry_problem
 
 ARRAY_DECIMALS = 8
 """Decimals kept for positions (Å) and forces (eV/Å): the precision of ASE's extxyz writer."""
@@ -32,7 +33,11 @@ REQUIRED_ARRAYS = ("ref_forces", "fragment")
 
 
 class DataFormatError(ValueError):
-    """A stored frame is missing labels, holds non-finite values or cannot be parsed."""
+    """A stored file is empty, truncated or cannot be parsed, or a frame misses labels, holds
+    non-finite values or overlapping atoms; the message names the file (and frame)."""
+
+
+DAMAGED_HINT = "the file is damaged; delete it (gmd26 build recomputes a trajectory file)"
 
 
 @dataclass
@@ -104,6 +109,9 @@ class Frame:
             if not np.isfinite(values).all():
                 atom = int(np.argwhere(~np.isfinite(values))[0, 0])
                 raise DataFormatError(f"{where}: non-finite {name} (atom {atom})")
+        problem = geometry_problem(positions, where)  # overlapping atoms
+        if problem is not None:
+            raise DataFormatError(str(problem))
         return cls(
             numbers=np.asarray(atoms.numbers, dtype=np.int64),
             positions=positions,
@@ -139,14 +147,22 @@ def write_frames(path: str | Path, frames: Iterable[Frame]) -> None:
 def read_frames(path: str | Path) -> list[Frame]:
     """Read and validate every frame of an extended-XYZ file.
 
+    A file of zero bytes is never valid (a gzip file always has a header, and the build writes
+    no empty trajectory file): it is the trace of a damaged copy or disk, not "no frames".
+
     Raises:
         FileNotFoundError: the file does not exist.
-        DataFormatError: a frame cannot be parsed (truncated or corrupt file), misses a
-            label, or holds non-finite values; the message names the file and frame index.
+        DataFormatError: the file is empty (0 bytes), a frame cannot be parsed (truncated or
+            corrupt file or gzip stream), misses a label, or holds non-finite values or
+            overlapping atoms; the message names the file and frame index.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no data file at {path}")
+    if path.is_dir():
+        raise DataFormatError(f"{path}: is a folder, expected an extended-XYZ file")
+    if path.stat().st_size == 0:
+        raise DataFormatError(f"{path}: empty file (0 bytes); {DAMAGED_HINT}")
     frames: list[Frame] = []
     iterator = ase.io.iread(path, index=":", format="extxyz")
     while True:
@@ -156,7 +172,7 @@ def read_frames(path: str | Path) -> list[Frame]:
         except StopIteration:
             break
         except Exception as error:  # ASE raises many types for a corrupt/truncated file
-            raise DataFormatError(f"{where}: cannot parse ({error})") from error
+            raise DataFormatError(f"{where}: cannot parse ({error}); {DAMAGED_HINT}") from error
         frames.append(Frame.from_atoms(atoms, where))
     return frames
 

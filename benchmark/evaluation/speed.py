@@ -20,8 +20,8 @@ Sections, in order (``--sections`` picks some; the driver, timing and JSON repor
 * ``throughput``: training frames per second of every registered model that is installed
   (or ``--models``): forward in training mode (forces with ``create_graph``), the same
   energy + force loss and the backward pass to the weights, on ETKDG conformers of
-  GMD-26-like molecules of 24-30 atoms (RDKit). Meant for a CPU (``--threads``), where it
-  compares the models at the cost of the ``quick`` training preset.
+  GMD-26-like molecules of 24-30 atoms (RDKit). Meant for a CPU (``--threads`` sets the
+  intra-op threads); no goal.
 
 Test molecules of ``training`` and ``inference`` are built without RDKit (the GPU machine has
 none): zig-zag chains of 6-12 heavy atoms (C, with N and O in and at the ends of the chain)

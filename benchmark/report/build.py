@@ -7,9 +7,12 @@ trained on (for the distance from the training set and the MD starting frames).
 
 * :mod:`benchmark.report.collect`: the cells' results, aggregated over seeds (mean ± sample
   standard deviation over the seeds that finished ``ok``);
-* :mod:`benchmark.report.sections`: per task, figures and analyses (parity, force MAE per
-  fragment, force error vs distance from the training set, MD stability, DeepSet-MoE routing
-  and attributions);
+* :mod:`benchmark.report.comparison`: per task, the comparison at matched accuracy (OOD
+  force MAE at common ID force-MAE levels along the ID-OOD curves, effective robustness from the
+  across-model line of log OOD vs log ID), summarised run-wide under ``comparison``;
+* :mod:`benchmark.report.sections`: per task, figures and analyses (OOD vs ID force MAE,
+  parity, force MAE per fragment, force error vs distance from the training set, MD stability,
+  DeepSet-MoE routing and attributions);
 * a headline figure (force MAE ID / OOD per model x task, eV/Å);
 * ``report.json`` (:mod:`benchmark.jsonio`) and ``report.md`` (:mod:`benchmark.report.markdown`,
   tables of :mod:`benchmark.report.tables`).
@@ -26,6 +29,7 @@ from benchmark.jsonio import json_safe, write_json
 from benchmark.matrix import RESULT_FILE, RUN_JSON
 from benchmark.report import figures
 from benchmark.report.collect import collect_results
+from benchmark.report.comparison import comparison_summary
 from benchmark.report.markdown import render_markdown
 from benchmark.report.sections import (
     FIGURES_DIR,
@@ -78,6 +82,9 @@ def build_report(run_dir: str | Path, options: ReportOptions | None = None) -> d
         "data_dir": None if data_dir is None else str(data_dir),
         "run": run_json,
         "options": {**asdict(options), "data_dir": None if data_dir is None else str(data_dir)},
+        "comparison": {
+            task: comparison_summary(report["comparison"]) for task, report in tasks.items()
+        },
         "headline": headline,
         "headline_figure": headline_png,
         "tasks": tasks,

@@ -13,13 +13,20 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import LogFormatter, ScalarFormatter
 
 SPLIT_COLOURS = {"id": "tab:blue", "ood": "tab:orange"}
 SPLIT_LABELS = {"id": "ID", "ood": "OOD"}
 MODEL_LINESTYLES = ("-", "--", ":", "-.")
 MAX_PARITY_POINTS = 20000
 """Force components drawn per split and panel (a seeded subsample; MAE uses all)."""
+
+
+class _PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers (0.4, not 4e-01) on the ticks matplotlib labels."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
@@ -201,4 +208,75 @@ def headline_figure(
         ax.set_title(task)
     axes[0].set_ylabel("force MAE (eV/Å)")
     axes[0].legend(fontsize=8)
+    return figure
+
+
+def comparison_figure(
+    curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]]],
+    final_points: Mapping[str, Sequence[Sequence[float]]],
+    levels: Sequence[float],
+    accuracy_line: tuple[float, float] | None,
+    title: str,
+) -> Figure:
+    """OOD vs ID force MAE (eV/Å), log-log, every model and seed: comparison at matched accuracy.
+
+    Thin lines: each seed's ID-OOD curve in step order (ID: validation subset, OOD: the fixed
+    OOD-test subset); markers: the final test points (``id_test``, ``ood_test``); one colour per
+    model. Dashed: OOD = ID; dotted: the accuracy line ``log10 OOD = intercept + slope log10 ID``
+    fitted through the final points of all models; grey verticals: the matched ID levels.
+
+    Args:
+        curves: ``{model: [{"id_force_mae": [P], "ood_force_mae": [P]} per seed]}`` (points in
+            step order).
+        final_points: ``{model: [(id, ood) per seed]}``.
+        levels: matched ID levels (may be empty).
+        accuracy_line: ``(slope, intercept)`` of the fit, or ``None`` / NaN when there is none.
+    """
+    figure = Figure(figsize=(6.0, 5.6), layout="constrained")
+    ax = figure.subplots()
+    names = list(dict.fromkeys([*final_points, *curves]))
+    colours = {name: f"C{index % 10}" for index, name in enumerate(names)}
+    values: list[float] = []
+    for name in names:
+        for run in curves.get(name, []):
+            x = np.asarray(run["id_force_mae"], dtype=np.float64)
+            y = np.asarray(run["ood_force_mae"], dtype=np.float64)
+            ax.plot(x, y, "-", linewidth=0.8, alpha=0.7, color=colours[name], marker=".",
+                    markersize=2.5)
+            values += [*x.tolist(), *y.tolist()]
+        points = np.asarray(final_points.get(name, []), dtype=np.float64).reshape(-1, 2)
+        ax.plot(points[:, 0], points[:, 1], "o", linestyle="none", markersize=7,
+                markeredgecolor="black", markeredgewidth=0.6, color=colours[name],
+                label=f"{name} ({len(points)} seed{'s' if len(points) != 1 else ''})")
+        values += points.ravel().tolist()
+    values += [float(level) for level in levels]
+    positive = np.array([v for v in values if math.isfinite(v) and v > 0.0])
+    if positive.size == 0:
+        ax.text(0.5, 0.5, "no finite force MAE", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_title(title)
+        return figure
+    low, high = float(positive.min()) / 1.25, float(positive.max()) * 1.25
+    span = np.array([low, high])
+    ax.plot(span, span, "--", color="black", linewidth=0.8, label="OOD = ID")
+    if accuracy_line is not None and all(math.isfinite(v) for v in accuracy_line):
+        slope, intercept = accuracy_line
+        ax.plot(span, 10 ** (intercept + slope * np.log10(span)), ":", color="dimgray",
+                linewidth=1.4,
+                label=f"accuracy line: log OOD = {intercept:.2f} + {slope:.2f} log ID")
+    for index, level in enumerate(levels):
+        ax.axvline(level, color="gray", linewidth=0.6, alpha=0.6,
+                   label="matched ID levels" if index == 0 else None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers (0.4, not 4 x 10^-1)
+        axis.set_major_formatter(_PlainLogFormatter())
+        axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.set_aspect("equal")
+    ax.set_xlabel("ID force MAE (eV/Å)")
+    ax.set_ylabel("OOD force MAE (eV/Å)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title)
     return figure

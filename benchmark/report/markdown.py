@@ -1,13 +1,21 @@
 """The ``report.md`` document: run header, headline and one section per task, rendered from
-the ``report.json`` content (the tables themselves: :mod:`benchmark.report.tables`)."""
+the ``report.json`` content (the tables themselves: :mod:`benchmark.report.tables`).
+
+The headline is the comparison at matched accuracy of every task
+(:func:`benchmark.report.tables.comparison_table`: test force MAE ID, OOD and OOD/ID beside the
+OOD force MAE at matched ID levels and the effective robustness), then the force MAE ID / OOD
+table across tasks; each task section opens with the same comparison, its notes and figure."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from benchmark.report.tables import (
+    COMPARISON_READING,
     attribution_table,
+    comparison_table,
     cost_table,
     extrapolation_table,
     fragment_table,
@@ -41,6 +49,33 @@ def _run_header(report: Mapping[str, Any]) -> list[str]:
     return [" ".join(lines), ""]
 
 
+def _comparison(section: Mapping[str, Any]) -> str:
+    failed = [name for name, s in section["models"].items() if not s["seeds_ok"]]
+    return comparison_table(section["comparison"], failed)
+
+
+def _comparison_section(section: Mapping[str, Any]) -> list[str]:
+    comparison = section["comparison"]
+    robustness = comparison["effective_robustness"]
+    out = ["### Comparison at matched accuracy (force MAE, eV/Å)", "", _comparison(section), ""]
+    out += [COMPARISON_READING, ""]
+    slope, intercept = robustness["slope"], robustness["intercept"]
+    if slope is not None and intercept is not None and math.isfinite(slope):
+        out += [
+            f"Accuracy line through {robustness['points']} final test point(s): log10 OOD = "
+            f"{intercept:.3f} + {slope:.3f} log10 ID. ID / OOD / OOD/ID columns: full test "
+            "splits; matched-ID columns: the ID-OOD curves (validation subset, fixed OOD-test "
+            "subset).",
+            "",
+        ]
+    if comparison["notes"]:
+        out += [*[f"- {note}" for note in comparison["notes"]], ""]
+    figure = section["figures"].get("comparison")
+    if figure:
+        out += [f"![comparison]({figure})", ""]
+    return out
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The Markdown text of ``report.md`` from the ``report.json`` content."""
     out = ["# GMD-26 benchmark report", "", *_run_header(report)]
@@ -48,7 +83,18 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "Every table: mean ± sample standard deviation over the seeds that finished ok (no ± for "
         "one seed). Forces in eV/Å, energies in eV. OOD/ID is the generalisation gap.",
         "",
-        "## Headline: force MAE (eV/Å), ID / OOD (OOD/ID)",
+        "## Headline: comparison at matched accuracy (force MAE, eV/Å)",
+        "",
+        COMPARISON_READING,
+        "",
+    ]
+    for task, section in report["tasks"].items():
+        if "comparison" in section:
+            out += [f"### {task}", "", _comparison(section), ""]
+            if section["figures"].get("comparison"):
+                out += [f"![{task} comparison]({section['figures']['comparison']})", ""]
+    out += [
+        "### Force MAE (eV/Å) across tasks, ID / OOD (OOD/ID)",
         "",
         headline_table(report["tasks"]),
         "",
@@ -65,6 +111,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ]
         if failed:
             out += ["Failed cells:", "", *failed, ""]
+        if "comparison" in section:
+            out += _comparison_section(section)
         out += [
             "### GMD-26 metrics",
             "",

@@ -1,7 +1,8 @@
 """One task's section of the report: figures and the analyses beyond the tables.
 
 Per task (:func:`task_section`): the seed summaries of every model
-(:mod:`benchmark.report.collect`), parity plots and force MAE per fragment label, force error
+(:mod:`benchmark.report.collect`), the comparison at matched accuracy and its OOD-vs-ID figure
+(:mod:`benchmark.report.comparison`), parity plots and force MAE per fragment label, force error
 vs SOAP distance from the training set (:func:`per_atom_force_error`,
 :func:`extrapolation_analysis`; distances: :mod:`benchmark.evaluation.extrapolation`), MD
 stability on a few OOD molecules (:mod:`benchmark.evaluation.stability`) and, for DeepSet-MoE,
@@ -33,6 +34,7 @@ from benchmark.evaluation.predictions import Predictions
 from benchmark.evaluation.stability import StabilitySettings
 from benchmark.report import figures
 from benchmark.report.collect import e0_sums, load_predictions, summarise_model
+from benchmark.report.comparison import MATCHED_LEVELS, task_comparison
 from deepset_moe.fragments import FRAGMENT_NAMES
 
 FIGURES_DIR = "figures"
@@ -55,6 +57,7 @@ class ReportOptions:
         attribution_molecules: test molecules per split for the attributions.
         attribution_steps: Integrated-Gradients quadrature steps.
         seed: seed of every subsample of the report.
+        matched_levels: common ID force-MAE levels of the comparison at matched accuracy.
     """
 
     data_dir: Path | None = None
@@ -66,6 +69,7 @@ class ReportOptions:
     attribution_molecules: int = 16
     attribution_steps: int = 16
     seed: int = 0
+    matched_levels: int = MATCHED_LEVELS
 
 
 # ---------------------------------------------------------------------- extrapolation
@@ -169,12 +173,32 @@ def task_section(
     options: ReportOptions,
     gaps: list[str],
 ) -> dict[str, Any]:
-    """The ``report.json`` section of one task: seed summaries of every model, parity and
+    """The ``report.json`` section of one task: seed summaries of every model, the comparison
+    at matched accuracy (:mod:`benchmark.report.comparison`) and its figure, parity and
     per-fragment figures, then (with data) extrapolation, MD stability and DeepSet-MoE
     routing / attribution. What could not be done is appended to ``gaps``."""
     figures_dir = run_dir / FIGURES_DIR
     models = {name: summarise_model(cells) for name, cells in results.items()}
-    report: dict[str, Any] = {"rule": RULES.get(task, ""), "models": models, "figures": {}}
+    comparison = task_comparison(results, options.matched_levels)
+    report: dict[str, Any] = {
+        "rule": RULES.get(task, ""),
+        "models": models,
+        "comparison": comparison,
+        "figures": {},
+    }
+    if comparison["models"]:
+        robustness = comparison["effective_robustness"]
+        report["figures"]["comparison"] = save_report_figure(
+            figures.comparison_figure(
+                {m: comparison["curves"].get(m, []) for m in comparison["models"]},
+                {m: comparison["final"][m]["points"] for m in comparison["models"]},
+                comparison["matched_id"]["levels"],
+                (robustness["slope"], robustness["intercept"]),
+                f"{task}: OOD vs ID force MAE",
+            ),
+            figures_dir,
+            f"{task}_comparison.png",
+        )
     first_ok = {name: first_ok_result(cells) for name, cells in results.items()}
     first_ok = {name: r for name, r in first_ok.items() if r is not None}
     if not first_ok:

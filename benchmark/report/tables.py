@@ -184,3 +184,75 @@ def attribution_table(summaries: Mapping[str, dict[str, Any]]) -> str:
         rows.append(row)
     header = ["fragment", "ID atoms", "ID meV/atom", "OOD atoms", "OOD meV/atom"]
     return markdown_table(header, rows)
+
+
+COMPARISON_READING = (
+    "How to read: compare models down an \"OOD at ID L\" column (OOD force MAE when the model's "
+    "ID force MAE on the validation subset first reached L during training, interpolated "
+    "log-log along its curve: lower is more robust at equal ID accuracy); effective robustness "
+    "is the offset of the final test point from the log OOD vs log ID line fitted through all "
+    "models (decades, − is better; factor = 10^offset)."
+)
+"""The sentence printed under every comparison table."""
+
+
+def _decades(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    text = f"{value:+.2f}"
+    return "0.00" if text in ("+0.00", "-0.00") else text.replace("-", "−")
+
+
+def _with_std(mean: float | None, std: float | None, number=_number) -> str:
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    if std is None or not math.isfinite(std):
+        return number(mean)
+    return f"{number(mean)} ± {number(std).lstrip('+')}"
+
+
+def comparison_table(comparison: Mapping[str, Any], failed: Sequence[str] = ()) -> str:
+    """One task's comparison at matched accuracy (:mod:`benchmark.report.comparison`).
+
+    Columns: model (seeds), test force MAE ID and OOD, OOD/ID, OOD force MAE at each matched
+    ID level (eV/Å, level in the header), effective robustness in decades with the factor
+    ``10**residual``; mean ± std over seeds. ``failed`` models get a row of ``–``.
+    """
+    matched, robustness = comparison["matched_id"], comparison["effective_robustness"]
+    levels = matched["levels"]
+    header = [
+        "model",
+        "ID force MAE",
+        "OOD force MAE",
+        "OOD/ID",
+        *[f"OOD at ID {_number(level)} eV/Å" for level in levels],
+        "effective robustness, decades (factor)",
+    ]
+    if not levels:
+        header.insert(4, "OOD at matched ID")
+    rows = []
+    for name in comparison["models"]:
+        final = comparison["final"][name]
+        n = len(final["seeds"])
+        row = [
+            f"{name} ({n} seed{'s' if n != 1 else ''})",
+            _mean_std(final["id"]),
+            _mean_std(final["ood"]),
+            _mean_std(final["ratio"]),
+        ]
+        if levels:
+            row += [
+                _with_std(mean, std)
+                for mean, std in zip(matched["ood"][name], matched["ood_std"][name])
+            ]
+        else:
+            row.append("no common level" if name in matched["models"] else "no curve")
+        residual = robustness["residual"][name]
+        factor = robustness["factor"][name]
+        cell = _with_std(residual, robustness["residual_std"][name], _decades)
+        if cell != "–" and factor is not None and math.isfinite(factor):
+            cell += f" ({factor:.2f}×)"
+        rows.append([*row, cell])
+    for name in failed:
+        rows.append([f"{name} (no seed finished ok)", *["–"] * (len(header) - 1)])
+    return markdown_table(header, rows)

@@ -8,7 +8,8 @@ trains it with :class:`benchmark.training.trainer.Trainer`, evaluates the best (
 =============================  ===============================================================
 file                           content
 =============================  ===============================================================
-``best.pt``, ``last.pt``       checkpoints (:mod:`deepset_moe.checkpoint`)
+``best.pt``, ``last.pt``       checkpoints (:mod:`deepset_moe.checkpoint`): ``best.pt``
+                               inference-only after training, ``last.pt`` to resume
 ``metrics.json``               the result dict returned by :func:`train`
 ``predictions_<split>.npz``    ``benchmark.evaluation.predictions.Predictions``, id/ood test
 ``curve.json``                 the ID-OOD curve: step, ID (validation subset) and OOD (fixed
@@ -45,6 +46,7 @@ from benchmark.training.distributed import DistributedContext, init_from_environ
 from benchmark.training.loaders import seeded_subset
 from benchmark.training.presets import get_preset
 from benchmark.training.trainer import LAST_CHECKPOINT, Callback, Trainer
+from deepset_moe.checkpoint import strip_training_state
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +217,9 @@ def _train_and_evaluate(
         for split, split_predictions in predictions.items():
             split_predictions.save(predictions_path(out_dir, split))
         write_json(out_dir / CURVE_FILE, {"points": curve})
+        # best.pt becomes inference-only (weights, config, E0, run facts); last.pt keeps
+        # everything needed to resume.
+        strip_training_state(trainer.best_checkpoint, trainer.best_checkpoint)
     split_metrics = {split: p.metrics() for split, p in predictions.items()}
     return {
         "metrics": {

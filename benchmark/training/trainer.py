@@ -196,6 +196,8 @@ class Trainer:
         deadline: ``time.monotonic()`` safety cap of training (None: none).
         progress: show a tqdm bar (rank 0).
         run_info: extra JSON-able facts stored in checkpoints (task, preset name, ...).
+        e0: per-element reference energies to use as given (None: fitted on the training
+            frames or none at all, by ``preset.e0``).
     """
 
     def __init__(
@@ -217,6 +219,7 @@ class Trainer:
         deadline: float | None = None,
         progress: bool = True,
         run_info: Mapping[str, Any] | None = None,
+        e0: AtomicReferenceEnergies | None = None,
     ) -> None:
         if len(train_frames) == 0 or len(val_frames) == 0:
             raise ValueError(
@@ -235,13 +238,14 @@ class Trainer:
         self.progress = progress
         self.run_info = dict(run_info or {})
 
-        e0 = (
-            AtomicReferenceEnergies.fit(
-                [f.numbers for f in train_frames], [f.energy for f in train_frames]
+        if e0 is None:
+            e0 = (
+                AtomicReferenceEnergies.fit(
+                    [f.numbers for f in train_frames], [f.energy for f in train_frames]
+                )
+                if preset.e0 == "fit"
+                else AtomicReferenceEnergies()
             )
-            if preset.e0 == "fit"
-            else AtomicReferenceEnergies()
-        )
         self.model = PotentialWithE0(network, e0).to(self.device)
         self.train_model: nn.Module = self.model
         if self.context.is_distributed:
@@ -390,13 +394,15 @@ class Trainer:
         if not self.stop_reason:
             self.stop_reason = self._stop_reason()
         logger.info(
-            "epoch %d: loss %.5g, val force MAE %.4g eV/Å, val energy MAE %.4g eV/atom, "
-            "score %.4g%s, lr %.3g%s",
+            "epoch %d (step %d): loss %.5g, val force MAE %.4g eV/Å, val energy MAE %.4g "
+            "eV/atom, score %.4g%s%s, lr %.3g%s",
             epoch,
+            self.step,
             train_stats["train_loss"],
             val_metrics["force_mae"],
             val_metrics["energy_per_atom_mae"],
             score,
+            f"; OOD curve force MAE {ood_metrics['force_mae']:.4g} eV/Å" if ood_metrics else "",
             " (best)" if improved else "",
             self.schedule.lr,
             f"; stopping: {self.stop_reason}" if self.stop_reason else "",

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from deepset_moe.batch import Batch, collate
-from deepset_moe.fragments import DEFAULT_VOCABULARY, FragmentVocabulary, mol_from_smiles
+from deepset_moe.conformers import embed_conformer
+from deepset_moe.fragments import DEFAULT_VOCABULARY, FragmentVocabulary
 
 TEST_SMILES: tuple[str, ...] = ("OCCC(=O)O", "NCCC=O", "CC(O)CC")
 """Small molecules covering the functional fragments and a secondary carbon."""
@@ -64,17 +65,8 @@ def embed_molecule(
     Raises:
         RuntimeError: ETKDG could not embed the molecule (names the SMILES).
     """
-    from rdkit.Chem import AllChem
-
-    mol = mol_from_smiles(smiles)
+    mol, positions = embed_conformer(smiles, seed, relax)
     fragment = vocabulary.assign(mol, name=smiles)
-    params = AllChem.ETKDGv3()
-    params.randomSeed = seed
-    if AllChem.EmbedMolecule(mol, params) != 0:
-        raise RuntimeError(f"ETKDG failed for {smiles}")
-    if relax:
-        AllChem.MMFFOptimizeMolecule(mol)
-    positions = mol.GetConformer().GetPositions()
     if jiggle:
         rng = np.random.default_rng(seed)
         positions = positions + rng.normal(0, jiggle, positions.shape)

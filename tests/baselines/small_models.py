@@ -1,7 +1,7 @@
 """Small configurations of every registered model, shared by the baseline and physics tests.
 
 Small sizes keep the tests fast; the default sizes are reported by
-``python -m benchmark.evaluation.throughput``.
+``python -m benchmark.evaluation.speed --sections throughput``.
 """
 
 from __future__ import annotations

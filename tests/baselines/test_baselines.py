@@ -3,7 +3,7 @@ registry errors and baseline-specific checks. The physics of every registered mo
 in ``tests/baselines/test_physics.py`` with the kit of :mod:`deepset_moe.testing`.
 
 Small configurations (``tests/baselines/small_models.py``) keep the file fast; the default
-sizes are reported by ``python -m benchmark.evaluation.throughput``.
+sizes are reported by ``python -m benchmark.evaluation.speed --sections throughput``.
 """
 
 from __future__ import annotations

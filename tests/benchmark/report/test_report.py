@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -68,6 +69,7 @@ def test_figures_are_written(smoke_matrix, report):
     figures = smoke_matrix / FIGURES_DIR
     for name in (
         "headline",
+        "duplication_comparison",
         "duplication_parity",
         "duplication_fragments",
         "duplication_extrapolation",
@@ -76,6 +78,52 @@ def test_figures_are_written(smoke_matrix, report):
     ):
         path = figures / f"{name}.png"
         assert path.exists() and path.stat().st_size > 10_000, name
+
+
+def test_comparison_at_matched_accuracy(smoke_matrix, report):
+    stored = json.loads((smoke_matrix / REPORT_JSON).read_text())
+    comparison = stored["tasks"]["duplication"]["comparison"]
+    keys = ("models", "curves", "matched_id", "final", "effective_robustness", "notes")
+    assert set(comparison) >= set(keys)
+    assert comparison["models"] == ["deepset_moe", "schnet"]  # the failed painn is left out
+    cells = {
+        m: json.loads((cell_dir(smoke_matrix, "duplication", m, 0) / "result.json").read_text())
+        for m in comparison["models"]
+    }
+    for model, cell in cells.items():
+        (run,) = comparison["curves"][model]  # the smoke preset records curves
+        assert run["step"] == [p["step"] for p in cell["curve"]] and run["step"]
+        assert comparison["final"][model]["points"] == [
+            [cell["metrics"]["id_test"]["force_mae"], cell["metrics"]["ood_test"]["force_mae"]]
+        ]
+    matched = comparison["matched_id"]
+    levels = matched["levels"]
+    if levels:  # the two curves overlap in ID force MAE
+        assert all(math.isfinite(level) and level > 0 for level in levels)
+        for model in cells:
+            assert len(matched["ood"][model]) == len(levels)
+            assert all(math.isfinite(v) and v > 0 for v in matched["ood"][model])
+    else:
+        assert levels == [] and any("share no ID" in n for n in comparison["notes"])
+    robustness = comparison["effective_robustness"]
+    assert math.isfinite(robustness["slope"]) and math.isfinite(robustness["intercept"])
+    for model in cells:
+        assert math.isfinite(robustness["residual"][model])
+        assert robustness["factor"][model] == pytest.approx(10 ** robustness["residual"][model])
+    summary = stored["comparison"]["duplication"]
+    assert summary["levels"] == levels
+    assert set(summary["models"]) == set(cells)
+    assert summary["models"]["schnet"]["id_force_mae"] == pytest.approx(
+        cells["schnet"]["metrics"]["id_test"]["force_mae"]
+    )
+    text = (smoke_matrix / REPORT_MD).read_text()
+    header = "| model | ID force MAE | OOD force MAE | OOD/ID | "
+    assert text.count(header) == 2  # the headline and the task section
+    assert text.index(header) < text.index("## Task: duplication") < text.rindex(header)
+    assert text.rindex(header) < text.index("### GMD-26 metrics")  # first in the task section
+    assert "effective robustness, decades (factor) |" in text
+    assert "| painn (no seed finished ok) |" in text
+    assert "![comparison](figures/duplication_comparison.png)" in text
 
 
 def test_extrapolation_and_model_analyses(smoke_matrix, report):
