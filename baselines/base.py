@@ -18,41 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from deepset_moe.forces import forces_from_energy
+from deepset_moe.species import SpeciesIndex
 from kernels.segment_sum import segment_sum_csr
 
 DEFAULT_ELEMENTS: tuple[int, ...] = (1, 6, 7, 8)
 """Atomic numbers of H, C, N, O (the GMD-26 elements): the default element channels."""
-
-
-class ElementIndex(nn.Module):
-    """Maps atomic numbers to contiguous channel indices ``0 .. len(elements) - 1``.
-
-    Raises a ``ValueError`` naming the atomic numbers the model was not built for, instead of
-    the silent out-of-range embedding lookups that would otherwise follow.
-    """
-
-    def __init__(self, elements: Sequence[int]) -> None:
-        super().__init__()
-        if len(set(elements)) != len(elements) or min(elements) < 1:
-            raise ValueError(f"elements must be distinct atomic numbers, got {list(elements)}")
-        self.elements = tuple(int(z) for z in elements)
-        lookup = torch.full((max(self.elements) + 1,), -1, dtype=torch.long)
-        lookup[list(self.elements)] = torch.arange(len(self.elements))
-        self.register_buffer("lookup", lookup, persistent=False)
-
-    def __len__(self) -> int:
-        return len(self.elements)
-
-    def forward(self, z: Tensor) -> Tensor:
-        """Channel index [N] long of atomic numbers ``z`` [N]."""
-        index = self.lookup[z.clamp(0, self.lookup.numel() - 1)]
-        unknown = (index < 0) | (z >= self.lookup.numel())
-        if bool(unknown.any()):
-            missing = sorted({int(number) for number in z[unknown].tolist()})
-            raise ValueError(
-                f"atomic numbers {missing} are not among this model's elements {self.elements}"
-            )
-        return index
 
 
 @contextmanager
@@ -74,7 +44,7 @@ class AtomisticBaseline(nn.Module):
     def __init__(self, cutoff: float, elements: Sequence[int]) -> None:
         super().__init__()
         self.cutoff = float(cutoff)
-        self.element_index = ElementIndex(elements)
+        self.element_index = SpeciesIndex(elements)
 
     @classmethod
     def from_config(cls, **settings: Any) -> AtomisticBaseline:

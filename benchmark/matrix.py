@@ -25,6 +25,11 @@ thread count is part of the protocol (it can change floating-point sums), the wo
 not: the same plan gives the same metrics sequentially or in a pool, on a busy or an idle
 machine, because budgets are optimiser steps.
 
+A plan is checked before any cell trains: unknown tasks or models (:class:`MatrixPlan`) and
+a protocol mismatch raise at once. Ctrl-C or SIGTERM stop every worker process at once
+(:func:`benchmark.interrupts.stop_pool`); finished cells keep their ``result.json``,
+unfinished ones their ``last.pt``, and ``run.json`` records the invocation as interrupted.
+
 The default matrix (:data:`DEFAULT_MODELS` x :data:`DEFAULT_TASKS`, one seed, preset
 :data:`DEFAULT_PRESET`, two workers) is sized to finish, report included, in about 30
 minutes on 2 CPU cores with the shipped data.
@@ -42,7 +47,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,7 +55,15 @@ from typing import Any, TextIO
 
 import torch
 
+from baselines.registry import list_models
 from benchmark.dataset.tasks import TASK_NAMES
+from benchmark.errors import UsageError
+from benchmark.interrupts import (
+    signal_name,
+    stop_pool,
+    wait_interruptibly,
+    worker_ignores_sigint,
+)
 from benchmark.jsonio import write_json
 
 DEFAULT_TASKS: tuple[str, ...] = TASK_NAMES
@@ -118,16 +131,21 @@ class MatrixPlan:
     threads_per_cell: int = 1
 
     def __post_init__(self) -> None:
+        """Raises :class:`~benchmark.errors.UsageError` (a ``ValueError``) for a plan that
+        cannot run: unknown tasks or models, no seeds, workers or threads."""
         self.out_dir, self.data_dir = Path(self.out_dir), Path(self.data_dir)
         unknown = [t for t in self.tasks if t not in TASK_NAMES]
         if unknown:
-            raise ValueError(f"unknown tasks {unknown}; choose from {list(TASK_NAMES)}")
+            raise UsageError(f"unknown tasks {unknown}; choose from {list(TASK_NAMES)}")
+        unknown = [m for m in self.models if m not in list_models()]
+        if unknown:
+            raise UsageError(f"unknown models {unknown}; registered models: {list_models()}")
         if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1 (got {self.seeds})")
+            raise UsageError(f"seeds must be >= 1 (got {self.seeds})")
         if not self.tasks or not self.models:
-            raise ValueError("the matrix needs at least one task and one model")
+            raise UsageError("the matrix needs at least one task and one model")
         if self.workers < 1 or self.threads_per_cell < 1:
-            raise ValueError("workers and threads_per_cell must be >= 1")
+            raise UsageError("workers and threads_per_cell must be >= 1")
 
     def cells(self) -> list[tuple[str, str, int]]:
         """(task, model, seed) in run order: task-major, then model, then seed."""
@@ -356,15 +374,41 @@ def run_matrix(
                 progress.finish(cell_label(task, model, seed), result["status"], None, 0)
             else:
                 pending.append((task, model, seed))
-        for index, ((task, model, seed), result) in enumerate(
-            _run_cells(plan, pending, train, progress)
-        ):
-            label = cell_label(task, model, seed)
-            reason = f": {result['reason']}" if result["status"] == "failed" else ""
-            seconds = result["cell_seconds"]
-            progress.line(f"DONE {label}: {result['status']} in {seconds:.1f} s{reason}")
-            progress.finish(label, result["status"], seconds, len(pending) - index - 1)
-            results[(task, model, seed)] = result
+        runs = _run_cells(plan, pending, train, progress)
+        try:
+            for index, ((task, model, seed), result) in enumerate(runs):
+                label = cell_label(task, model, seed)
+                reason = f": {result['reason']}" if result["status"] == "failed" else ""
+                seconds = result["cell_seconds"]
+                progress.line(f"DONE {label}: {result['status']} in {seconds:.1f} s{reason}")
+                progress.finish(label, result["status"], seconds, len(pending) - index - 1)
+                results[(task, model, seed)] = result
+        except KeyboardInterrupt as error:
+            runs.close()  # stops the worker processes (if the signal came between cells)
+            done = sum(1 for cell in pending if cell in results)
+            progress.line(
+                f"INTERRUPTED matrix ({signal_name(error)}): {done} of {len(pending)} cells "
+                f"computed; run the same command again to continue"
+            )
+            invocation = {
+                "command": list(command or sys.argv),
+                "started_at": started_at,
+                "finished_at": _now(),
+                "wall_seconds": time.monotonic() - started,
+                "cells_computed": done,
+                "cells_skipped": len(cells) - len(pending),
+                "workers": plan.workers,
+                "interrupted": signal_name(error),
+            }
+            write_json(
+                run_json,
+                {
+                    **previous,
+                    "plan": plan.to_dict(),
+                    "invocations": [*previous.get("invocations", []), invocation],
+                },
+            )
+            raise
         computed, skipped = len(pending), len(cells) - len(pending)
         progress.line(f"END matrix: {computed} computed, {skipped} already finished")
     invocation = {
@@ -410,10 +454,17 @@ def _run_cells(
             yield cell, run_cell(plan, *cell, train)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=plan.workers, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=plan.workers, mp_context=context, initializer=worker_ignores_sigint
+    )
+    try:
         futures = {}
         for cell in cells:
             progress.line(f"CELL {cell_label(*cell)}: queued")
             futures[pool.submit(run_cell, plan, *cell, train)] = cell
-        for future in as_completed(futures):
+        for future in wait_interruptibly(futures):
             yield futures[future], future.result()
+    except BaseException:
+        stop_pool(pool)  # now: a running cell would otherwise train on for minutes
+        raise
+    pool.shutdown(wait=True)

@@ -12,7 +12,7 @@ from deepset_moe.config import DeepSetMoEConfig
 from deepset_moe.e0 import AtomicReferenceEnergies, PotentialWithE0
 from deepset_moe.fragments import DEFAULT_VOCABULARY, FragmentVocabulary
 from deepset_moe.graph import radius_graph
-from deepset_moe.model import DeepSetMoE
+from deepset_moe.model import DeepSetMoE, matched_no_moe_config
 from deepset_moe.version import __version__
 
 __all__ = [
@@ -27,5 +27,6 @@ __all__ = [
     "atoms_to_batch",
     "collate",
     "load_potential",
+    "matched_no_moe_config",
     "radius_graph",
 ]

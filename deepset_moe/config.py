@@ -65,7 +65,9 @@ class DeepSetMoEConfig:
             gate, energy jumps where the chosen experts change). See :mod:`deepset_moe.gates`.
         gate_width: tau of ``smooth_topk``, in logit units: an expert's weight ramps from
             zero to full as its logit rises from the smooth (k+1)-th logit threshold to tau
-            above it (the threshold itself lies within tau above the (k+1)-th logit).
+            above it (the threshold itself lies within tau / 2 above the (k+1)-th logit).
+            Larger is gentler in positions (MD needs the logits to change by much less than
+            tau per time step) but fades more atoms whose top k+1 logits are within ~tau.
         spatial_bins: number of soft distance bins, spread over [0, cutoff], of the
             ``spatial`` router's descriptor.
         fragments: the fragment vocabulary (labels and the SMARTS rules assigning them);

@@ -32,30 +32,8 @@ from torch import Tensor, nn
 from deepset_moe.config import DeepSetMoEConfig
 from deepset_moe.mlp import build_mlp
 from deepset_moe.radial import BesselBasis
+from deepset_moe.species import SpeciesIndex
 from kernels.segment_sum import segment_sum_index
-
-
-class SpeciesIndex(nn.Module):
-    """Maps atomic numbers to rows 0..S-1 of the element embeddings."""
-
-    def __init__(self, atomic_numbers: tuple[int, ...]) -> None:
-        super().__init__()
-        self.atomic_numbers = tuple(atomic_numbers)
-        table = torch.full((max(atomic_numbers) + 1,), -1, dtype=torch.long)
-        table[torch.tensor(atomic_numbers)] = torch.arange(len(atomic_numbers))
-        self.register_buffer("table", table, persistent=False)
-
-    def forward(self, z: Tensor) -> Tensor:
-        """[N] atomic numbers -> [N] long species indices; unknown elements raise ValueError."""
-        known = (z >= 0) & (z < self.table.numel())
-        index = torch.where(known, self.table[z.clamp(0, self.table.numel() - 1)], -1)
-        if bool((index < 0).any()):
-            unknown = sorted({int(v) for v in z[index < 0].tolist()})
-            raise ValueError(
-                f"DeepSetMoE: atomic number(s) {unknown} not supported; the model knows "
-                f"{self.atomic_numbers}"
-            )
-        return index
 
 
 class InvariantInteraction(nn.Module):

@@ -60,7 +60,8 @@ class DeepSetMoE(nn.Module):
 
     - ``energy`` [B] (eV), ``forces`` [N, 3] (eV/Å);
     - ``node_energy`` [N] (eV), only with sum pooling and linear rho (sums to ``energy``);
-    - ``routing``: ``probs`` [N, K], ``experts`` [N, k] long, ``weights`` [N, k];
+    - ``routing``: ``probs`` [N, K], ``experts`` [N, k] long, ``weights`` [N, k] (>= 0,
+      summing to at most one; to one with the ``topk`` gate);
     - ``aux_loss``: scalar router loss (load balancing + z-loss, weighted);
     - ``latent`` [N, F]: the router and expert input.
 
@@ -97,7 +98,12 @@ class DeepSetMoE(nn.Module):
     @classmethod
     def from_config(cls, **settings: Any) -> DeepSetMoE:
         """``DeepSetMoE(DeepSetMoEConfig.from_dict(settings))`` (the registry's and the
-        checkpoint loader's constructor)."""
+        checkpoint loader's constructor).
+
+        Settings without ``gate`` are read as a config saved before gates were selectable
+        (``gate="topk"``, see :meth:`DeepSetMoEConfig.from_dict`); the registry completes
+        settings from :meth:`default_settings`, so the models it builds get the smooth gate.
+        """
         return cls(DeepSetMoEConfig.from_dict(settings))
 
     @staticmethod

@@ -48,10 +48,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from deepset_moe.config import DeepSetMoEConfig
-from deepset_moe.encoder import SpeciesIndex
+from deepset_moe.config import FRAGMENT_ROUTER_MODES, DeepSetMoEConfig
 from deepset_moe.gates import apply_gate
 from deepset_moe.radial import PolynomialEnvelope
+from deepset_moe.species import SpeciesIndex
 from kernels.routing import Gate, expert_counts
 from kernels.segment_sum import segment_sum_index
 
@@ -162,7 +162,7 @@ class FragmentAwareRouter(nn.Module):
     @property
     def uses_fragments(self) -> bool:
         """Whether routing reads fragment labels (``fragment`` and ``hybrid`` modes)."""
-        return self.mode in ("fragment", "hybrid")
+        return self.mode in FRAGMENT_ROUTER_MODES
 
     def router_input(
         self,

@@ -9,20 +9,17 @@ Prints the metrics table (force MAE, cosine, magnitude MAE, energy MAE, energy M
 RMSEs) with one column per file and one for all files together, then force errors per element
 (and per fragment when labels are known). Keys and units default to those the checkpoint was
 trained with (``gmd26 fit``), then to ASE's ``energy`` / ``forces`` and ``ref_energy`` /
-``ref_forces``. Exit code 1 when a file cannot be evaluated (the message says why).
+``ref_forces``. A file that cannot be evaluated (a missing key, elements the model was not
+trained on) is refused with exit status 2 and one line saying why.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from benchmark.dataset.external import ENERGY_UNITS, FORCES_UNITS, FRAGMENT_SOURCES
-from benchmark.dataset.frames import DataFormatError
-from benchmark.evaluation.files import EvaluationError, evaluate_files, format_evaluation
+from benchmark.evaluation.files import evaluate_files, format_evaluation
 from benchmark.jsonio import write_json
-from deepset_moe.checkpoint import CheckpointError
-from deepset_moe.fragments import FragmentError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,30 +48,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        result = evaluate_files(
-            args.checkpoint,
-            args.files,
-            energy_key=args.energy_key,
-            forces_key=args.forces_key,
-            fragments=args.fragments,
-            fragment_key=args.fragment_key,
-            molecule_key=args.molecule_key,
-            energy_unit=args.energy_unit,
-            forces_unit=args.forces_unit,
-            batch_size=args.batch_size,
-            device=args.device,
-            predictions_dir=args.predictions,
-        )
-    except (
-        EvaluationError,
-        DataFormatError,
-        FragmentError,
-        CheckpointError,
-        FileNotFoundError,
-    ) as error:
-        print(f"gmd26 evaluate: error: {error}", file=sys.stderr)
-        return 1
+    result = evaluate_files(
+        args.checkpoint,
+        args.files,
+        energy_key=args.energy_key,
+        forces_key=args.forces_key,
+        fragments=args.fragments,
+        fragment_key=args.fragment_key,
+        molecule_key=args.molecule_key,
+        energy_unit=args.energy_unit,
+        forces_unit=args.forces_unit,
+        batch_size=args.batch_size,
+        device=args.device,
+        predictions_dir=args.predictions,
+    )
     print(format_evaluation(result))
     if args.json:
         write_json(args.json, result)

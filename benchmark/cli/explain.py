@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmark.dataset.frames import DataFormatError, Frame
+from benchmark.cli.train import check_device
+from benchmark.dataset.frames import Frame
 from benchmark.dataset.layout import DEFAULT_DATA_DIR, load_split
-from benchmark.dataset.splits import ManifestError
 from benchmark.dataset.tasks import TASK_NAMES
+from benchmark.preflight import check_output_dir, positive_int
 from deepset_moe.attribution import (
     attribute_molecules,
     attribution_figure,
@@ -57,11 +57,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"built data directory (default: the checkpoint's, else {DEFAULT_DATA_DIR})",
     )
-    parser.add_argument("--out", default=None, help="output directory")
-    parser.add_argument("--max-molecules", type=int, default=64, help="frames per split")
-    parser.add_argument("--n-steps", type=int, default=32, help="IG quadrature points")
-    parser.add_argument("--batch-size", type=int, default=16, help="frames per model batch")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: <checkpoint folder>/explain)")
+    parser.add_argument("--max-molecules", type=positive_int, default=64,
+                        help="frames per split (default %(default)s)")
+    parser.add_argument("--n-steps", type=positive_int, default=32,
+                        help="IG quadrature points (default %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=16,
+                        help="frames per model batch (default %(default)s)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="default %(default)s")
     parser.set_defaults(func=run)
 
 
@@ -74,38 +79,33 @@ def evenly_spaced(frames: list[Frame], count: int) -> list[Frame]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Errors of the input (checkpoint, data, output folder) propagate to
+    :func:`benchmark.cli.main`: one line, exit status 2, found before any attribution."""
     from deepset_moe.model import DeepSetMoE
 
-    if args.max_molecules < 1 or args.n_steps < 1 or args.batch_size < 1:
-        print(
-            "gmd26 explain: --max-molecules, --n-steps, --batch-size must be >= 1", file=sys.stderr
-        )
-        return 2
+    check_device(args.device)
     checkpoint = Path(args.checkpoint)
-    try:
-        training = read_checkpoint(checkpoint)["training"]
-        task = args.task or training.get("task")
-        if task is None:
-            raise CheckpointError(f"{checkpoint}: no task in its training metadata; pass --task")
-        data_dir = args.data or training.get("data_dir") or DEFAULT_DATA_DIR
-        model = DeepSetMoE.from_checkpoint(checkpoint, map_location=args.device)
-        splits = list(SPLIT_KEYS) if args.split == "both" else [args.split]
-        summaries = {}
-        for split in splits:
-            frames = evenly_spaced(
-                load_split(data_dir, task, SPLIT_KEYS[split]), args.max_molecules
-            )
-            batches = (
-                collate(frames[i : i + args.batch_size])
-                for i in range(0, len(frames), args.batch_size)
-            )
-            result = attribute_molecules(model, batches, n_steps=args.n_steps)
-            summaries[split] = split_attribution_summary(result)
-    except (CheckpointError, ManifestError, DataFormatError, FileNotFoundError) as error:
-        print(f"gmd26 explain: {error}", file=sys.stderr)
-        return 1
+    out_dir = check_output_dir(Path(args.out) if args.out else checkpoint.parent / "explain")
+    training = read_checkpoint(checkpoint).get("training") or {}
+    task = args.task or training.get("task")
+    if task is None:
+        raise CheckpointError(f"{checkpoint}: no task in its training metadata; pass --task")
+    data_dir = args.data or training.get("data_dir") or DEFAULT_DATA_DIR
+    model = DeepSetMoE.from_checkpoint(checkpoint, map_location=args.device)
+    splits = list(SPLIT_KEYS) if args.split == "both" else [args.split]
+    split_frames = {
+        split: evenly_spaced(load_split(data_dir, task, SPLIT_KEYS[split]), args.max_molecules)
+        for split in splits
+    }
+    summaries = {}
+    for split, frames in split_frames.items():
+        batches = (
+            collate(frames[i : i + args.batch_size])
+            for i in range(0, len(frames), args.batch_size)
+        )
+        result = attribute_molecules(model, batches, n_steps=args.n_steps)
+        summaries[split] = split_attribution_summary(result)
 
-    out_dir = Path(args.out) if args.out else checkpoint.parent / "explain"
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"Integrated Gradients of {checkpoint} on task {task} ({args.n_steps} steps)\n")
     print(format_attribution_tables(summaries))

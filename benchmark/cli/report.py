@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmark.errors import UsageError
 from benchmark.evaluation.stability import StabilitySettings
+from benchmark.preflight import check_data_dir, check_output_dir, positive_int
 from benchmark.report.build import REPORT_MD, build_report
 from benchmark.report.sections import ReportOptions
 
@@ -26,14 +28,15 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-extrapolation", action="store_true",
                        help="skip the SOAP distance-from-training-set analysis")
     group.add_argument("--no-stability", action="store_true", help="skip the MD stability runs")
-    group.add_argument("--stability-steps", type=int, default=StabilitySettings.steps,
+    group.add_argument("--stability-steps", type=positive_int, default=StabilitySettings.steps,
                        help="MD steps per stability run (default %(default)s)")
     group.add_argument("--stability-timestep", type=float, default=StabilitySettings.timestep_fs,
                        help="MD time step in fs (default %(default)s)")
     group.add_argument("--stability-temperature", type=float,
                        default=StabilitySettings.temperature_k,
                        help="MD temperature in K (default %(default)s)")
-    group.add_argument("--stability-molecules", type=int, default=ReportOptions.stability_molecules,
+    group.add_argument("--stability-molecules", type=positive_int,
+                       default=ReportOptions.stability_molecules,
                        help="OOD molecules simulated per model and task (default %(default)s)")
     group.add_argument("--report-seed", type=int, default=0,
                        help="seed of the report's subsamples and MD runs")
@@ -69,6 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    build_report(args.run_dir, options_from_args(args, args.data))
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "no such folder"
+        raise UsageError(f"{run_dir}: {what}; give the folder written by `gmd26 run --out`")
+    if args.data is not None:
+        check_data_dir(args.data)
+    check_output_dir(run_dir, option="run folder")
+    build_report(run_dir, options_from_args(args, args.data))
     print(f"report: {Path(args.run_dir) / REPORT_MD}")
     return 0

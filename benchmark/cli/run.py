@@ -12,6 +12,14 @@ Example::
 
     gmd26 run --out runs/gmd26
     gmd26 run --models deepset_moe schnet --tasks duplication --preset smoke --seeds 2
+
+Everything is checked before the first cell trains: model names (and that their packages are
+installed), model settings, preset overrides, the data folder, the output folder and, for an
+existing run folder, that the plan has the same protocol. Ctrl-C or SIGTERM stop every worker
+at once; finished cells are kept and the same command continues the rest.
+
+Exit status 0 when every cell finished ok, 1 when any cell failed (listed on stderr), 2 when
+the input was refused (nothing trained), 130 or 143 when interrupted.
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ import json
 import sys
 
 from benchmark.cli.report import add_report_arguments, options_from_args
+from benchmark.cli.train import check_device
 from benchmark.dataset.layout import DEFAULT_DATA_DIR
 from benchmark.dataset.tasks import TASK_NAMES
+from benchmark.errors import UsageError
 from benchmark.matrix import (
     DEFAULT_MODELS,
     DEFAULT_PRESET,
@@ -30,8 +40,16 @@ from benchmark.matrix import (
     DEFAULT_TASKS,
     DEFAULT_WORKERS,
     MatrixPlan,
-    PlanMismatchError,
     run_matrix,
+)
+from benchmark.preflight import (
+    check_data_dir,
+    check_model_settings,
+    check_models,
+    check_output_dir,
+    check_preset,
+    positive_float,
+    positive_int,
 )
 from benchmark.report.build import REPORT_MD, build_report
 from benchmark.training.presets import TRAINING_PRESETS
@@ -40,7 +58,10 @@ DEFAULT_OUT = "runs/gmd26"
 
 
 def _json_object(text: str) -> dict:
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
@@ -58,31 +79,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="deepset_moe and/or baseline names (default %(default)s)")
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(TRAINING_PRESETS),
                         help="training preset (default %(default)s)")
-    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds 0..N-1")
+    parser.add_argument("--seeds", type=positive_int, default=DEFAULT_SEEDS,
+                        help="seeds 0..N-1 (default %(default)s)")
     parser.add_argument("--data", default=str(DEFAULT_DATA_DIR),
                         help="built data directory (default: the shipped data, %(default)s)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="run directory")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="run folder (default %(default)s)")
     parser.add_argument(
-        "--cell-minutes", type=float, default=None,
+        "--cell-minutes", type=positive_float, default=None,
         help="wall-clock safety cap per cell (default: the preset's); budgets are steps",
     )
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+    parser.add_argument("--workers", type=positive_int, default=DEFAULT_WORKERS,
                         help="cells trained at once (default %(default)s)")
-    parser.add_argument("--threads-per-cell", type=int, default=1,
+    parser.add_argument("--threads-per-cell", type=positive_int, default=1,
                         help="torch threads per cell (part of the protocol; default 1)")
     parser.add_argument("--preset-overrides", type=_json_object, default={},
                         help='preset fields to change, JSON (e.g. \'{"lr": 0.001}\')')
     parser.add_argument("--model-configs", type=_json_object, default={},
                         help='per-model hyperparameters, JSON {model: {name: value}}')
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="default %(default)s")
     parser.add_argument("--retry-failed", action="store_true",
                         help="train failed cells again (finished ok cells are always kept)")
     parser.add_argument("--no-report", action="store_true", help="only run the matrix")
     add_report_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(
+        func=run, interrupt_hint="finished cells are kept; run the same command to continue"
+    )
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything ``gmd26 run`` can check before the first cell (raises ``UsageError``)."""
+    check_models(args.models, option="--models")
+    unknown = sorted(set(args.model_configs) - set(args.models))
+    if unknown:
+        raise UsageError(
+            f"--model-configs: {unknown} not among --models {args.models}; fix the names"
+        )
+    for model in args.models:
+        check_model_settings(model, args.model_configs.get(model), option="--model-configs")
+    overrides = dict(args.preset_overrides)
+    if args.cell_minutes is not None:
+        overrides.setdefault("max_minutes", args.cell_minutes)
+    check_preset(args.preset, overrides)
+    check_device(args.device)
+    check_data_dir(args.data, args.tasks)
+    check_output_dir(args.out)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     plan = MatrixPlan(
         out_dir=args.out,
         data_dir=args.data,
@@ -98,11 +143,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads_per_cell=args.threads_per_cell,
     )
-    try:
-        summary = run_matrix(plan)
-    except PlanMismatchError as error:
-        print(f"gmd26 run: {error}", file=sys.stderr)
-        return 2
+    summary = run_matrix(plan)  # PlanMismatchError: exit status 2 (benchmark.cli.main)
     failed = [c for c in summary["cells"] if c["status"] != "ok"]
     for cell in failed:
         print(f"failed: {cell['task']}/{cell['model']}/seed{cell['seed']}: {cell['reason']}",
@@ -110,4 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_report:
         build_report(plan.out_dir, options_from_args(args, args.data))
         print(f"report: {plan.out_dir / REPORT_MD}")
-    return 0 if len(failed) < len(summary["cells"]) else 1
+    if failed:
+        print(f"gmd26 run: {len(failed)} of {len(summary['cells'])} cells failed "
+              f"(reasons above; --retry-failed trains them again)", file=sys.stderr)
+    return 1 if failed else 0

@@ -11,6 +11,12 @@ interrupted build resumes where it stopped and ends byte-identical to an uninter
 
 Every failed frame or trajectory is recorded in ``failures.json`` (molecule, trajectory, step,
 stage, error). File layout: :mod:`benchmark.dataset.layout`.
+
+Resuming trusts no file blindly: every existing trajectory file is checked first (a complete
+gzip stream, whole frames, ``frames_per_trajectory`` frames or a failure record explaining
+fewer); a damaged one is named in the log and the summary, deleted and computed again.
+Interrupted (Ctrl-C, SIGTERM) or failed builds stop their worker processes and leave
+``build.json`` with status ``interrupted`` or ``failed``; rerunning the command resumes.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from ase.calculators.calculator import Calculator
 from tqdm import tqdm
 
 from benchmark.dataset import layout
-from benchmark.dataset.frames import write_frames
+from benchmark.dataset.frames import DAMAGED_HINT, DataFormatError, write_frames
 from benchmark.dataset.molecules import MoleculeSpec
 from benchmark.dataset.references import reference_name
 from benchmark.dataset.sampling import (
@@ -46,6 +52,7 @@ from benchmark.dataset.sampling import (
 )
 from benchmark.dataset.splits import make_manifest, trajectory_id, write_manifest
 from benchmark.dataset.tasks import GENERATOR_VERSION, TASK_NAMES, all_molecules, define_task
+from benchmark.interrupts import signal_name, stop_pool, worker_ignores_sigint
 from benchmark.jsonio import write_json
 
 logger = logging.getLogger(__name__)
@@ -89,6 +96,8 @@ class BuildSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
+    damaged: list[str] = field(default_factory=list)
+    """Trajectory files found damaged on resume (``"<id>: <reason>"``), recomputed."""
 
     @property
     def ok(self) -> bool:
@@ -115,7 +124,7 @@ def build_config(
 def _start_config(out: Path, config: dict[str, Any]) -> float:
     """Check ``config`` against a previous build in ``out``; return its accumulated wall time."""
     path = out / layout.BUILD_FILE
-    previous: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    previous: dict[str, Any] = layout.read_build_info(out) if path.exists() else {}
     changed = sorted(k for k in config if k in previous and previous[k] != config[k])
     if changed:
         detail = ", ".join(f"{k}: {previous[k]!r} -> {config[k]!r}" for k in changed)
@@ -137,10 +146,39 @@ def _store(out: Path, result: TrajectoryResult) -> None:
     write_frames(layout.trajectory_path(out, result.molecule_id, result.index), result.frames)
 
 
+def trajectory_problem(
+    out: Path, molecule_id: str, index: int, settings: GenerationSettings
+) -> str | None:
+    """Why the stored file of one trajectory cannot be trusted, or None if it is complete.
+
+    Checked without parsing the frames: the gzip stream is complete (length and CRC), every
+    frame is whole, and it holds ``frames_per_trajectory`` frames, or fewer with a failure
+    record beside it (failed labels are left out; a failed MD ends the trajectory).
+    """
+    path = layout.trajectory_path(out, molecule_id, index)
+    try:
+        n_frames, _ = layout.count_frames(path)
+    except DataFormatError as error:
+        return str(error).removeprefix(f"{path}: ").removesuffix(f"; {DAMAGED_HINT}")
+    expected = settings.frames_per_trajectory
+    if n_frames > expected:
+        return f"holds {n_frames} frames, more than the {expected} the settings keep"
+    explained = layout.trajectory_failures_path(out, molecule_id, index).exists()
+    if n_frames < expected and not explained:
+        return f"holds {n_frames} of {expected} frames and no failure record explains the rest"
+    return None
+
+
 def _collect_failures(out: Path, unit_errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     records = list(unit_errors)
     for path in (out / layout.FRAMES_DIR).glob(f"*/*{layout.FAILURES_SUFFIX}"):
-        records.extend(json.loads(path.read_text())["failures"])
+        try:
+            records.extend(json.loads(path.read_text())["failures"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise DataFormatError(
+                f"{path}: unreadable failure record ({error}); delete it and its trajectory "
+                f"file, then rerun the build"
+            ) from error
     records.sort(key=lambda r: (r["molecule_id"], r["trajectory"], r["step"], r["stage"]))
     write_json(out / layout.FAILURES_FILE, {"count": len(records), "failures": records})
     return records
@@ -175,18 +213,48 @@ def _run_units(
 
 
 def _count_frames(out: Path, units: Sequence[tuple[MoleculeSpec, int]]) -> tuple[int, int, list]:
-    """Frames and atoms stored for ``units``, and the trajectory ids with no file."""
+    """Frames and atoms stored for ``units``, and the trajectory ids with no (readable) file."""
     frames = atoms = 0
     missing = []
     for spec, index in units:
         path = layout.trajectory_path(out, spec.molecule_id, index)
-        if not path.exists():
+        try:
+            n_frames, n_atoms = layout.count_frames(path)
+        except (FileNotFoundError, DataFormatError) as error:
             missing.append(trajectory_id(spec.molecule_id, index))
+            if path.exists():
+                logger.error("%s", error)
             continue
-        n_frames, n_atoms = layout.count_frames(path)
         frames += n_frames
         atoms += n_atoms
     return frames, atoms, missing
+
+
+def _init_worker() -> None:
+    """Worker initializer: one thread per library, and Ctrl-C is left to the parent."""
+    limit_threads()
+    worker_ignores_sigint()
+
+
+def _check_existing(
+    out: Path, units: Sequence[tuple[MoleculeSpec, int]], settings: GenerationSettings
+) -> list[str]:
+    """Delete every damaged trajectory file of ``units`` (so it is computed again); return
+    ``"<trajectory id>: <reason>"`` for each, also logged."""
+    damaged = []
+    for spec, index in units:
+        path = layout.trajectory_path(out, spec.molecule_id, index)
+        if not path.exists():
+            continue
+        problem = trajectory_problem(out, spec.molecule_id, index, settings)
+        if problem is None:
+            continue
+        name = trajectory_id(spec.molecule_id, index)
+        logger.warning("damaged trajectory %s (%s): %s; computing it again", name, path, problem)
+        damaged.append(f"{name}: {problem}")
+        path.unlink()
+        layout.trajectory_failures_path(out, spec.molecule_id, index).unlink(missing_ok=True)
+    return damaged
 
 
 def _write_manifests(out: Path, preset: str, config: dict[str, Any]) -> None:
@@ -233,8 +301,12 @@ def build_dataset(
         md_calculator: overrides the preset's MD driver (``"xtb"`` or ``"mmff"``).
         progress: show a tqdm bar over trajectories.
 
-    Trajectories already in ``out`` are kept (resume); ``out`` must have been built with the
-    same settings, otherwise :class:`BuildConfigError` is raised.
+    Trajectories already in ``out`` are kept (resume) once checked
+    (:func:`trajectory_problem`; damaged ones are computed again and listed in
+    ``BuildSummary.damaged``); ``out`` must have been built with the same settings, otherwise
+    :class:`BuildConfigError` is raised. On ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM under
+    :func:`benchmark.interrupts.sigterm_raises`) or an error, worker processes are stopped,
+    ``build.json`` gets status ``interrupted`` or ``failed`` and the exception propagates.
     """
     start = time.perf_counter()
     out = Path(out)
@@ -249,8 +321,11 @@ def build_dataset(
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    started = False
+    previous_wall = 0.0
     try:
         previous_wall = _start_config(out, config)
+        started = True
         for pattern in STALE_PATTERNS:
             for stale in (out / layout.FRAMES_DIR).glob(pattern):
                 stale.unlink()
@@ -259,16 +334,19 @@ def build_dataset(
             for spec in all_molecules(preset)
             for index in range(settings.trajectories_per_molecule)
         ]
+        damaged = _check_existing(out, units, settings)
         todo = [
             (spec, index, settings, reference, seed)
             for spec, index in units
             if not layout.trajectory_path(out, spec.molecule_id, index).exists()
         ]
         logger.info(
-            "build %s: %d trajectories, %d to compute, reference %s, MD by %s, seed %d",
+            "build %s: %d trajectories, %d to compute (%d damaged), reference %s, MD by %s, "
+            "seed %d",
             out,
             len(units),
             len(todo),
+            len(damaged),
             config["reference"],
             settings.md_calculator,
             seed,
@@ -322,10 +400,13 @@ def build_dataset(
                     _run_units(SerialExecutor(), generate_trajectory, todo, 1, on_done)
             else:
                 context = multiprocessing.get_context("spawn")
-                with ProcessPoolExecutor(
-                    n_workers, mp_context=context, initializer=limit_threads
-                ) as pool:
+                pool = ProcessPoolExecutor(n_workers, mp_context=context, initializer=_init_worker)
+                try:
                     _run_units(pool, generate_trajectory, todo, 2 * n_workers, on_done)
+                except BaseException:
+                    stop_pool(pool)  # now, not after the running units
+                    raise
+                pool.shutdown(wait=True)
         bar.close()
 
         failures = _collect_failures(out, unit_errors)
@@ -356,9 +437,28 @@ def build_dataset(
             len(failures),
             len(missing),
         )
+    except BaseException as error:
+        if started:
+            _record_stop(out, config, error, previous_wall + time.perf_counter() - start)
+        raise
     finally:
         logger.removeHandler(handler)
         handler.close()
     return BuildSummary(
-        out, n_frames, len(units) - len(missing), len(todo), failures, missing, wall
+        out, n_frames, len(units) - len(missing), len(todo), failures, missing, wall, damaged
+    )
+
+
+def _record_stop(out: Path, config: dict[str, Any], error: BaseException, wall: float) -> None:
+    """``build.json`` of a build stopped by a signal (``interrupted``) or an error (``failed``),
+    so no reader mistakes it for a running or finished one."""
+    if isinstance(error, KeyboardInterrupt):
+        status, reason = "interrupted", signal_name(error)
+        logger.warning("interrupted (%s); rerun the same command to resume", reason)
+    else:
+        status, reason = "failed", f"{type(error).__name__}: {error}"
+        logger.error("build failed: %s", reason)
+    write_json(
+        out / layout.BUILD_FILE,
+        {**config, "status": status, "stop_reason": reason, "total_wall_time_s": round(wall, 1)},
     )

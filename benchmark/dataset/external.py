@@ -217,14 +217,14 @@ def resolve_label_keys(
     ):
         if isinstance(asked, str):
             candidates: Sequence[str] = (asked,)
-            asked_text = f"{what}_key {asked!r}"
+            problem = f"no {what} under {what}_key {asked!r}"
         else:
             candidates = tuple(dict.fromkeys(asked)) if asked else defaults
-            asked_text = f"no {what}_key given and none of {list(candidates)}"
+            problem = f"no {what}_key given and none of {list(candidates)} found"
         found = next((key for key in candidates if lookup(first, key) is not None), None)
         if found is None:
             raise ExternalDataError(
-                f"{where} frame 0: {asked_text} found; the frame has {describe_keys(first)}. "
+                f"{where} frame 0: {problem}; the frame has {describe_keys(first)}. "
                 f"Set {what}_key to the key that holds the {what}"
             )
         for index, atoms in enumerate(structures):

@@ -19,10 +19,11 @@ import gzip
 import json
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
-from benchmark.dataset.frames import DataFormatError, Frame, read_frames
+from benchmark.dataset.frames import DAMAGED_HINT, DataFormatError, Frame, read_frames
 from benchmark.dataset.splits import SPLITS, read_manifest, trajectory_id
 from benchmark.dataset.tasks import TASK_NAMES
 
@@ -67,19 +68,41 @@ def read_build_info(data_dir: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: ``data_dir`` holds no ``build.json`` (not a built dataset).
+        DataFormatError: ``build.json`` is not a JSON object.
     """
     path = Path(data_dir) / BUILD_FILE
+    if not Path(data_dir).is_dir():
+        what = "is a file, not a folder" if Path(data_dir).exists() else "no such folder"
+        raise FileNotFoundError(
+            f"{data_dir}: {what}; expected a dataset built by `gmd26 build` (the shipped one "
+            f"is {DEFAULT_DATA_DIR})"
+        )
     if not path.exists():
         raise FileNotFoundError(
             f"{path} not found: {data_dir} is not a built GMD-26 dataset (run `gmd26 build`)"
         )
-    return json.loads(path.read_text())
+    return _read_json_object(path)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataFormatError(f"{path}: not readable JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise DataFormatError(f"{path}: expected a JSON object")
+    return value
 
 
 def read_failures(data_dir: str | Path) -> list[dict[str, Any]]:
     """The failure records of ``failures.json`` (empty list if the file does not exist)."""
     path = Path(data_dir) / FAILURES_FILE
-    return json.loads(path.read_text())["failures"] if path.exists() else []
+    if not path.exists():
+        return []
+    failures = _read_json_object(path).get("failures")
+    if not isinstance(failures, list):
+        raise DataFormatError(f"{path}: expected a 'failures' list")
+    return failures
 
 
 def split_trajectories(data_dir: str | Path, task: str, split: str) -> list[tuple[str, int]]:
@@ -97,13 +120,23 @@ def split_trajectories(data_dir: str | Path, task: str, split: str) -> list[tupl
 def count_frames(path: str | Path) -> tuple[int, int]:
     """Number of frames and of atoms in an extxyz(.gz) file, from its atom-count lines only.
 
+    Reading a gzip file to its end also checks its length and CRC, so a truncated or corrupt
+    file is found here.
+
     Raises:
-        DataFormatError: the file ends inside a frame or a count line is not an integer.
+        DataFormatError: the file is empty (0 bytes), a truncated or corrupt gzip stream, ends
+            inside a frame, or a count line is not an integer; the message names the file.
     """
     path = Path(path)
+    if path.stat().st_size == 0:
+        raise DataFormatError(f"{path}: empty file (0 bytes); {DAMAGED_HINT}")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as handle:
-        lines = handle.read().splitlines()
+    try:
+        with opener(path, "rt") as handle:
+            lines = handle.read().splitlines()
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as error:
+        # gzip raises a bare EOFError / BadGzipFile naming no file
+        raise DataFormatError(f"{path}: unreadable ({error}); {DAMAGED_HINT}") from error
     frames = atoms = position = 0
     while position < len(lines):
         try:
@@ -130,8 +163,15 @@ def read_trajectory(data_dir: str | Path, molecule_id: str, index: int) -> list[
     path = trajectory_path(data_dir, molecule_id, index)
     expected = trajectory_id(molecule_id, index)
     if not path.exists():
-        raise FileNotFoundError(f"trajectory {expected} is missing: no file {path}")
+        raise FileNotFoundError(
+            f"trajectory {expected} is missing: no file {path} (rerun gmd26 build on "
+            f"{data_dir} to compute it)"
+        )
     frames = read_frames(path)
+    if not frames and not trajectory_failures_path(data_dir, molecule_id, index).exists():
+        raise DataFormatError(
+            f"{path}: holds no frames and no failure record explains it; {DAMAGED_HINT}"
+        )
     for position, frame in enumerate(frames):
         if frame.molecule_id != molecule_id or frame.trajectory_id != expected:
             raise DataFormatError(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.dataset import external
+from benchmark.errors import UsageError
 from benchmark.evaluation import breakdown
 from benchmark.evaluation.predictions import Predictions, evaluate
 from deepset_moe.checkpoint import checkpoint_vocabulary, load_potential, read_checkpoint
@@ -31,7 +32,7 @@ from deepset_moe.fragments import FragmentVocabulary
 ALL_FILES = "all"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UsageError):
     """Files a checkpoint cannot be evaluated on (e.g. elements the model does not know)."""
 
 

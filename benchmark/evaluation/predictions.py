@@ -20,7 +20,7 @@ from benchmark.dataset.frames import Frame
 from benchmark.evaluation import metrics
 from benchmark.training.distributed import DistributedContext, all_gather_objects
 from benchmark.training.loaders import evaluation_loader, loader_frames
-from deepset_moe.batch import batch_to
+from deepset_moe.batch import GeometryError, batch_to
 
 
 @dataclass
@@ -130,9 +130,19 @@ def evaluate(
     try:
         for batch in loader:
             batch = batch_to(batch, device)
-            with torch.enable_grad():  # forces are -dE/dpos by autograd
-                out = model(batch)
             index = batch["frame_index"].cpu().numpy()
+            try:
+                with torch.enable_grad():  # forces are -dE/dpos by autograd
+                    out = model(batch)
+            except GeometryError as error:
+                if error.molecule is None:
+                    raise
+                frame = frames[int(index[error.molecule])]
+                raise GeometryError(
+                    f"frame {frame.trajectory_id}@{frame.step} ({frame.molecule_id}): {error}",
+                    error.molecule,
+                    error.atoms,
+                ) from error
             parts.append(
                 Predictions(
                     energy=_to_numpy(out["energy"]),

@@ -20,6 +20,10 @@ file                           content
 The budget is the preset's ``max_steps``; ``preset.max_minutes`` (or ``max_minutes``) is a
 safety cap on training, reported in the result (``training.time_cap_hit``) when hit. The OOD
 curve subset is the same for every model and seed of a task (:data:`CURVE_SUBSET_SEED`).
+
+The output folder is checked before anything is written (:func:`check_run_folder`): a folder
+holding a run is never overwritten silently (``resume`` continues it, ``overwrite`` replaces
+it), and ``resume`` refuses a ``last.pt`` from another run (task, data, preset, seed, model).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import shutil
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -36,17 +41,26 @@ from typing import Any
 import torch
 
 from baselines.registry import build_model, model_config
-from benchmark.dataset.layout import DEFAULT_DATA_DIR, load_split
+from benchmark.dataset.layout import DEFAULT_DATA_DIR, load_split, read_build_info
 from benchmark.dataset.splits import SPLITS, interleaved_id_split
 from benchmark.dataset.tasks import TASK_NAMES
+from benchmark.errors import ResumeMismatchError, RunFolderError
 from benchmark.evaluation.metrics import generalisation_gap
 from benchmark.evaluation.predictions import Predictions
 from benchmark.jsonio import json_safe, write_json
 from benchmark.training.distributed import DistributedContext, init_from_environment
 from benchmark.training.loaders import seeded_subset
-from benchmark.training.presets import get_preset
-from benchmark.training.trainer import LAST_CHECKPOINT, Callback, Trainer
-from deepset_moe.checkpoint import strip_training_state
+from benchmark.training.presets import TrainingPreset, get_preset
+from benchmark.training.trainer import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    LOG_FILE,
+    TENSORBOARD_DIR,
+    Callback,
+    Trainer,
+    resume_mismatches,
+)
+from deepset_moe.checkpoint import CheckpointError, read_checkpoint, strip_training_state
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +81,114 @@ def predictions_path(out_dir: str | Path, split: str) -> Path:
     return Path(out_dir) / f"predictions_{split}.npz"
 
 
+DATA_IDENTITY_KEYS = (
+    "preset", "reference", "md_calculator", "seed", "generator_version", "tasks_version",
+)
+"""``build.json`` keys that identify a dataset's content (wherever its folder is)."""
+
+
+def data_identity(data_dir: str | Path) -> dict[str, Any] | None:
+    """The identity of a built dataset (:data:`DATA_IDENTITY_KEYS` of its ``build.json``), or
+    None when the folder has no readable ``build.json``."""
+    try:
+        build = read_build_info(data_dir)
+    except (OSError, ValueError):
+        return None
+    return {key: build.get(key) for key in DATA_IDENTITY_KEYS}
+
+
+def run_outputs(out_dir: str | Path) -> list[Path]:
+    """The files and folders a run writes in ``out_dir`` that exist now (what ``overwrite``
+    deletes; nothing else in the folder is touched)."""
+    out_dir = Path(out_dir)
+    names = (METRICS_FILE, CURVE_FILE, BEST_CHECKPOINT, LAST_CHECKPOINT, LOG_FILE, TENSORBOARD_DIR)
+    paths = [out_dir / name for name in names]
+    paths += [predictions_path(out_dir, split) for split in TEST_SPLITS]
+    return [path for path in paths if path.exists()]
+
+
+def check_run_folder(
+    out_dir: str | Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    model_name: str,
+    model_config: Mapping[str, Any],
+    seed: int,
+    preset: TrainingPreset,
+    run_info: Mapping[str, Any],
+) -> None:
+    """Refuse to train into ``out_dir`` when that would lose or misreport earlier work.
+
+    * without ``resume`` or ``overwrite``, a folder holding a run (``metrics.json``,
+      ``last.pt`` or ``best.pt``) is refused, whatever that run's state;
+    * with ``resume``, ``last.pt`` must come from the same run (:func:`resume_mismatches`),
+      and a finished run without ``last.pt`` cannot be continued.
+
+    Raises:
+        RunFolderError: the folder holds a run that would be overwritten.
+        ResumeMismatchError: ``last.pt`` was written by another run.
+        CheckpointError: ``last.pt`` cannot be read.
+    """
+    out_dir = Path(out_dir)
+    if overwrite or not out_dir.is_dir():
+        return
+    last = out_dir / LAST_CHECKPOINT
+    if resume and last.exists():
+        payload = read_checkpoint(last)
+        differences = resume_mismatches(
+            payload,
+            model_name=model_name,
+            model_config=model_config,
+            seed=seed,
+            preset=preset,
+            run_info=run_info,
+        )
+        if differences:
+            raise ResumeMismatchError(
+                f"cannot resume {last}: it was written by another run "
+                f"({'; '.join(differences)}); resume with that run's settings, replace it "
+                f"with --overwrite, or choose another --out"
+            )
+        return
+    state = _run_state(out_dir)
+    if state is None:
+        return
+    if resume:
+        if state.startswith("a finished"):
+            raise RunFolderError(
+                f"{out_dir} holds {state} but no {LAST_CHECKPOINT} to resume from; replace it "
+                f"with --overwrite or choose another --out"
+            )
+        return
+    raise RunFolderError(
+        f"{out_dir} already holds {state}; continue it with --resume, replace it with "
+        f"--overwrite, or choose another --out"
+    )
+
+
+def _run_state(out_dir: Path) -> str | None:
+    """How a folder's run looks (for messages), or None when it holds none."""
+    metrics = out_dir / METRICS_FILE
+    if metrics.exists():
+        try:
+            status = json.loads(metrics.read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = None
+        if status == "ok":
+            return f"a finished run ({METRICS_FILE} status ok)"
+        return f"a failed run ({METRICS_FILE} status {status!r})"
+    if (out_dir / LAST_CHECKPOINT).exists():
+        try:
+            epoch = read_checkpoint(out_dir / LAST_CHECKPOINT)["training"].get("epoch")
+        except (CheckpointError, KeyError, AttributeError):
+            epoch = "?"
+        return f"an unfinished run ({LAST_CHECKPOINT} at round {epoch})"
+    if (out_dir / BEST_CHECKPOINT).exists():
+        return f"a trained model ({BEST_CHECKPOINT})"
+    return None
+
+
 def train(
     model_name: str,
     task: str,
@@ -76,6 +198,7 @@ def train(
     seed: int = 0,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     max_minutes: float | None = None,
     device: str = "cpu",
     model_settings: Mapping[str, Any] | None = None,
@@ -92,7 +215,10 @@ def train(
         data_dir: directory built by ``gmd26 build``.
         out_dir: where results go (default :func:`default_out_dir`).
         seed: seed of model initialisation, data order and everything else random.
-        resume: continue from ``out_dir/last.pt`` when it exists.
+        resume: continue from ``out_dir/last.pt`` when it exists (it must come from the
+            same run: :func:`check_run_folder`).
+        overwrite: replace the outputs of a run already in ``out_dir`` (:func:`run_outputs`);
+            without it (or ``resume``) such a folder is refused.
         max_minutes: overrides the preset's wall-clock safety cap.
         device: ``"cpu"`` or ``"cuda"``.
         model_settings: model hyperparameters (defaults of the model otherwise).
@@ -106,6 +232,11 @@ def train(
         "metrics": {"id_test": {...}, "ood_test": {...}, "gap": {...}},
         "per_fragment_force_mae": {...}, "throughput_frames_per_second", "wall_seconds",
         "params", "training": {...}, ...}``; also written to ``out_dir/metrics.json``.
+
+    Raises:
+        RunFolderError, ResumeMismatchError: the output folder is refused
+            (:func:`check_run_folder`); nothing is written. Every later error is returned as
+            a failed result (a failed cell must not stop a matrix).
     """
     started = time.monotonic()
     if task not in TASK_NAMES:
@@ -117,9 +248,34 @@ def train(
     out_dir = (
         Path(out_dir) if out_dir is not None else default_out_dir(model_name, task, preset, seed)
     )
+    run_info = {"task": task, "preset_name": training_preset.name, "data_dir": str(data_dir)}
+    identity = data_identity(data_dir)
+    if identity is not None:
+        run_info["data_build"] = identity
+    try:
+        settings = model_config(model_name, **{**dict(model_settings or {}), "seed": seed})
+    except (ValueError, TypeError, ImportError):
+        settings = None  # reported as the cell's failure below
+    if settings is not None:
+        check_run_folder(
+            out_dir,
+            resume=resume,
+            overwrite=overwrite,
+            model_name=model_name,
+            model_config=settings,
+            seed=seed,
+            preset=training_preset,
+            run_info=run_info,
+        )
     context = init_from_environment(device)
     if device.startswith("cuda") and context.is_distributed:
         device = f"cuda:{context.local_rank}"
+    if overwrite and context.is_main:
+        for path in run_outputs(out_dir):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     result: dict[str, Any] = {
         "status": "failed",
         "reason": "",
@@ -132,6 +288,7 @@ def train(
         "data_dir": str(data_dir),
         "out_dir": str(out_dir),
     }
+    log_handler = _open_log(out_dir) if context.is_main else None
     try:
         result.update(
             _train_and_evaluate(
@@ -148,17 +305,35 @@ def train(
                 progress=progress,
                 context=context,
                 started=started,
+                run_info=run_info,
             )
         )
         result["status"] = "ok"
     except Exception as error:  # a failed cell must not stop a benchmark matrix
         result["reason"] = f"{type(error).__name__}: {error}"
         logger.error("training %s on %s failed:\n%s", model_name, task, traceback.format_exc())
+    finally:
+        if log_handler is not None:
+            logging.getLogger("benchmark").removeHandler(log_handler)
+            log_handler.close()
     result["wall_seconds"] = time.monotonic() - started
     if context.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / METRICS_FILE).write_text(json.dumps(json_safe(result), indent=2) + "\n")
     return json_safe(result)
+
+
+def _open_log(out_dir: Path) -> logging.Handler:
+    """Log the ``benchmark`` package to ``out_dir/train.log`` for the whole cell (data loading
+    and a failure's traceback included; the trainer reuses this handler), not to stderr."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out_dir / LOG_FILE)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    package_logger = logging.getLogger("benchmark")
+    package_logger.addHandler(handler)
+    if package_logger.level == logging.NOTSET or package_logger.level > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    return handler
 
 
 def _train_and_evaluate(
@@ -176,6 +351,7 @@ def _train_and_evaluate(
     progress: bool,
     context: DistributedContext,
     started: float,
+    run_info: Mapping[str, Any],
 ) -> dict[str, Any]:
     frames = {split: load_split(data_dir, task, split) for split in SPLITS}
     if preset.id_split == "interleaved":
@@ -205,7 +381,7 @@ def _train_and_evaluate(
         context=context,
         deadline=None if preset.max_minutes is None else started + 60.0 * preset.max_minutes,
         progress=progress,
-        run_info={"task": task, "preset_name": preset.name, "data_dir": str(data_dir)},
+        run_info=run_info,
     )
     summary = trainer.fit(resume=resume and (out_dir / LAST_CHECKPOINT).exists())
     trainer.load_best()

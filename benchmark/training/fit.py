@@ -41,9 +41,11 @@ import yaml
 from baselines.registry import build_model, default_config, list_models, model_config
 from benchmark.dataset import external
 from benchmark.dataset.frames import Frame
+from benchmark.errors import UsageError
 from benchmark.evaluation import breakdown
 from benchmark.evaluation.predictions import Predictions
 from benchmark.jsonio import json_safe, write_json
+from benchmark.training.distributed import DistributedContext, init_from_environment
 from benchmark.training.presets import TRAINING_PRESETS, TrainingPreset, get_preset
 from benchmark.training.trainer import LAST_CHECKPOINT, Callback, Trainer
 from deepset_moe.atomic_io import atomic_write
@@ -98,8 +100,9 @@ ALIASES = {"train_files": "train_file", "valid_files": "valid_file", "test_files
 FRAGMENT_KEYS = ("source", "key", "patterns", "other")
 
 
-class FitConfigError(ValueError):
-    """A fit config that cannot be run; the message says which key and why."""
+class FitConfigError(UsageError):
+    """A fit config that cannot be run; the message says which key and why (``gmd26 fit``
+    exits with status 2, the input was refused)."""
 
 
 # --------------------------------------------------------------------------- config
@@ -566,6 +569,17 @@ def prepare(settings: FitSettings) -> FitPlan:
         isolated = [frame for frame in train if frame.n_atoms == 1]
         train = [frame for frame in train if frame.n_atoms > 1]
     valid_molecules = None
+    if settings.valid_fraction is not None and settings.split_by == "molecule":
+        named = any(
+            settings.molecule_key in atoms.info
+            for name in settings.train_files
+            for atoms in structures[name]
+        )
+        if not named:
+            notes.append(
+                f"split_by: molecule, but no training frame has info[{settings.molecule_key!r}]: "
+                f"every frame is its own molecule, so this is a split by frame"
+            )
     if settings.valid_files:
         valid = [frame for name in settings.valid_files for frame in frames_of(name)]
     else:
@@ -718,7 +732,7 @@ def _model_settings(
     train: Sequence[Frame],
     notes: list[str],
 ) -> dict[str, Any]:
-    options = dict(settings.model_options)
+    options = {k: v for k, v in settings.model_options.items() if v is not None}  # null: default
     name = settings.model
     for key in ELEMENT_SETTINGS:
         if key not in defaults:
@@ -805,14 +819,24 @@ def fit(
     plan = prepare(settings)
     resolved = plan.config()
     _check_out(plan.out, resolved, resume, dry_run)
-    plan.out.mkdir(parents=True, exist_ok=True)
-    for note in plan.notes:
-        logger.info("fit: %s", note)
-    write_config(plan.out / CONFIG_FILE, resolved)
+    if dry_run:
+        build_network(plan)  # the settings are valid
+    context = DistributedContext() if dry_run else init_from_environment(settings.device)
+    if context.is_main:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        for note in plan.notes:
+            logger.info("fit: %s", note)
+        write_config(plan.out / CONFIG_FILE, resolved)
     if dry_run:
         return json_safe({"status": "dry run", "out_dir": str(plan.out), "config": resolved})
     return run(
-        plan, resolved, resume=resume, progress=progress, callbacks=callbacks, started=started
+        plan,
+        resolved,
+        resume=resume,
+        progress=progress,
+        callbacks=callbacks,
+        started=started,
+        context=context,
     )
 
 
@@ -826,8 +850,16 @@ def write_config(path: Path, resolved: Mapping[str, Any]) -> None:
         partial.write_text(text)
 
 
-def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in ("resolved", "device", "out")}
+RESUME_MAY_CHANGE = ("max_steps", "max_minutes")
+"""Training settings a resumed run may change (a longer budget, another safety cap)."""
+
+
+def _comparable(config: Mapping[str, Any], resuming: bool = False) -> dict[str, Any]:
+    """The settings that define a run (``resuming``: minus :data:`RESUME_MAY_CHANGE`)."""
+    out = {k: v for k, v in config.items() if k not in ("resolved", "device", "out")}
+    if resuming and isinstance(out.get("training"), Mapping):
+        out["training"] = {k: v for k, v in out["training"].items() if k not in RESUME_MAY_CHANGE}
+    return out
 
 
 def _check_out(out: Path, resolved: Mapping[str, Any], resume: bool, dry_run: bool) -> None:
@@ -839,11 +871,16 @@ def _check_out(out: Path, resolved: Mapping[str, Any], resume: bool, dry_run: bo
             raise FitConfigError(f"resume: no {LAST_CHECKPOINT} in {out} to resume from")
         stored_path = out / CONFIG_FILE
         if stored_path.exists():
-            stored = _comparable(yaml.safe_load(stored_path.read_text()) or {})
-            current = _comparable(resolved)
+            stored_config = yaml.safe_load(stored_path.read_text()) or {}
+            stored = _comparable(stored_config, resuming=True)
+            current = _comparable(resolved, resuming=True)
             changed = sorted(
                 k for k in set(stored) | set(current) if stored.get(k) != current.get(k)
             )
+            hashes = (stored_config.get("resolved") or {}).get("sha256")
+            current_hashes = (resolved.get("resolved") or {}).get("sha256")
+            if hashes and current_hashes and hashes != current_hashes:
+                changed.append("data file contents (sha256)")
             if changed:
                 raise FitConfigError(
                     f"resume: the config differs from the run in {out} in {changed}; resume "
@@ -856,6 +893,21 @@ def _check_out(out: Path, resolved: Mapping[str, Any], resume: bool, dry_run: bo
         )
 
 
+def build_network(plan: FitPlan) -> torch.nn.Module:
+    """The planned network (seeded by the config's seed); invalid settings raise
+    :class:`FitConfigError`."""
+    try:
+        network = build_model(plan.settings.model, **plan.model_settings)
+    except (TypeError, ValueError) as error:
+        raise FitConfigError(f"model {plan.settings.model!r}: {error}") from error
+    if getattr(network, "needs_fragments", False) and plan.fragment_source == "none":
+        raise FitConfigError(
+            f"model {plan.settings.model!r} reads fragment labels but the data have none; set "
+            f"fragments: perceive or array"
+        )
+    return network
+
+
 def run(
     plan: FitPlan,
     resolved: Mapping[str, Any] | None = None,
@@ -864,18 +916,19 @@ def run(
     progress: bool = True,
     callbacks: Sequence[Callback] | None = None,
     started: float | None = None,
+    context: DistributedContext | None = None,
 ) -> dict[str, Any]:
-    """Train the planned model, evaluate it and write the outputs (see :func:`fit`)."""
+    """Train the planned model, evaluate it and write the outputs (see :func:`fit`). Under
+    ``torchrun`` every process trains and evaluates its shard; process 0 writes."""
     started = time.monotonic() if started is None else started
     resolved = dict(resolved or plan.config())
     settings, preset = plan.settings, plan.preset
+    context = context or DistributedContext()
+    device = settings.device
+    if device.startswith("cuda") and context.is_distributed:
+        device = f"cuda:{context.local_rank}"
     torch.manual_seed(settings.seed)
-    network = build_model(settings.model, **plan.model_settings)
-    if getattr(network, "needs_fragments", False) and plan.fragment_source == "none":
-        raise FitConfigError(
-            f"model {settings.model!r} reads fragment labels but the data have none; set "
-            f"fragments: perceive or array"
-        )
+    network = build_network(plan)
     test_frames: dict[str, list[Frame]] = {}
     if callbacks is None:
         callbacks, test_frames = _routing_callbacks(network, plan)
@@ -889,9 +942,10 @@ def run(
         plan.valid,
         plan.out,
         seed=settings.seed,
-        device=settings.device,
+        device=device,
         test_frames=test_frames,
         callbacks=callbacks,
+        context=context,
         deadline=None if preset.max_minutes is None else started + 60.0 * preset.max_minutes,
         progress=progress,
         run_info={
@@ -908,9 +962,10 @@ def run(
     predictions: dict[str, Predictions] = {name: trainer.evaluate(f) for name, f in sets.items()}
     names = plan.vocabulary.names if plan.vocabulary else None
     file_names = breakdown.short_names(list(sets))
-    for name, split_predictions in predictions.items():
-        split_predictions.save(plan.out / f"predictions_{breakdown.slug(file_names[name])}.npz")
-    strip_training_state(trainer.best_checkpoint, trainer.best_checkpoint)
+    if context.is_main:
+        for name, split_predictions in predictions.items():
+            split_predictions.save(plan.out / f"predictions_{breakdown.slug(file_names[name])}.npz")
+        strip_training_state(trainer.best_checkpoint, trainer.best_checkpoint)
     result = {
         "status": "ok",
         "model": settings.model,
@@ -934,7 +989,8 @@ def run(
         "training": summary.to_dict(),
         "wall_seconds": time.monotonic() - started,
     }
-    write_json(plan.out / METRICS_FILE, result)
+    if context.is_main:
+        write_json(plan.out / METRICS_FILE, result)
     return json_safe(result)
 
 

@@ -32,7 +32,14 @@ Recipe (identical for DeepSet-MoE and every baseline):
   history, RNG states, round and step, so ``resume=True`` continues exactly: the data order
   of round e depends only on ``(seed, e)`` (:class:`benchmark.training.distributed.EpochSampler`).
 * **Failures.** A non-finite loss raises :class:`NonFiniteLossError` naming the epoch, batch
-  and molecules, before any update; the checkpoints of earlier epochs are left untouched.
+  and molecules and the likely cause (non-finite labels, a diverged model, an overflowing
+  loss), before any update; the checkpoints of earlier epochs are left untouched. A geometry
+  no model can evaluate (non-finite or overlapping atoms,
+  :class:`deepset_moe.batch.GeometryError`) is named by its frame.
+* **Resume** refuses a ``last.pt`` written by another run (:func:`resume_mismatches`: task,
+  data, preset, seed, model or its settings differ; only the step budget and the safety cap
+  may change) with :class:`benchmark.errors.ResumeMismatchError`. Ctrl-C / SIGTERM stop
+  training between batches; ``last.pt`` keeps the last finished round.
 * **Distributed.** Under ``torchrun`` the model is wrapped in ``DistributedDataParallel``
   (see :mod:`benchmark.training.distributed`); the loss is normalised by global molecule and atom
   counts so that P processes give the single-process gradient of the same global batch.
@@ -50,6 +57,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -68,6 +76,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from benchmark.dataset.frames import Frame
+from benchmark.errors import ResumeMismatchError
 from benchmark.evaluation.predictions import Predictions, evaluate
 from benchmark.training.distributed import DistributedContext, all_reduce_sum
 from benchmark.training.ema import ExponentialMovingAverage
@@ -76,7 +85,7 @@ from benchmark.training.loss import squared_error_sums, weighted_loss
 from benchmark.training.presets import TrainingPreset
 from benchmark.training.schedule import WarmupPlateauSchedule
 from deepset_moe.atomic_io import atomic_write
-from deepset_moe.batch import batch_to
+from deepset_moe.batch import GeometryError, batch_to
 from deepset_moe.checkpoint import read_checkpoint, save_checkpoint
 from deepset_moe.e0 import AtomicReferenceEnergies, PotentialWithE0
 from deepset_moe.fragments import DEFAULT_VOCABULARY
@@ -114,7 +123,80 @@ class Callback(Protocol):
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the message names the batch."""
+    """The training loss became NaN or infinite; the message names the batch and the likely
+    cause."""
+
+
+MAX_LISTED_SETTINGS = 5
+RESUMABLE_PRESET_CHANGES = ("max_steps", "max_minutes")
+"""Preset fields a resumed run may change: a longer step budget, another safety cap."""
+
+
+def resume_mismatches(
+    payload: Mapping[str, Any],
+    *,
+    model_name: str,
+    model_config: Mapping[str, Any],
+    seed: int,
+    preset: TrainingPreset,
+    run_info: Mapping[str, Any],
+) -> list[str]:
+    """How the run that wrote checkpoint ``payload`` differs from the one about to resume it,
+    as ``"<what> <stored> -> <current>"``; empty when it may be resumed.
+
+    Compared: model name and settings, seed, task, preset name and settings (except
+    :data:`RESUMABLE_PRESET_CHANGES`) and the data (the build identity ``data_build`` when
+    both runs recorded it, else the resolved ``data_dir``). Facts a checkpoint does not hold
+    (older files) are not compared.
+    """
+    training = payload.get("training") or {}
+    differences = []
+
+    def differ(what: str, stored: Any, current: Any) -> None:
+        if _canonical(stored) != _canonical(current):
+            differences.append(f"{what} {stored!r} -> {current!r}")
+
+    differ("model", payload.get("model_name"), model_name)
+    stored_config = payload.get("model_config") or {}
+    if payload.get("model_name") == model_name:  # another model's settings all differ
+        settings = [
+            key
+            for key in sorted(set(stored_config) | set(model_config))
+            if _canonical(stored_config.get(key)) != _canonical(model_config.get(key))
+        ]
+        for key in settings[:MAX_LISTED_SETTINGS]:
+            differ(f"model setting {key}", stored_config.get(key), model_config.get(key))
+        if len(settings) > MAX_LISTED_SETTINGS:
+            differences.append(f"{len(settings) - MAX_LISTED_SETTINGS} more model settings")
+    if "seed" in training:
+        differ("seed", training["seed"], seed)
+    for key in ("task", "preset_name"):
+        if key in training and key in run_info:
+            differ(key.replace("_name", ""), training[key], run_info[key])
+    stored_preset = training.get("preset")
+    if isinstance(stored_preset, Mapping):
+        current_preset = preset.to_dict()
+        for key in sorted(set(stored_preset) | set(current_preset)):
+            if key not in RESUMABLE_PRESET_CHANGES and key != "name":
+                differ(f"preset setting {key}", stored_preset.get(key), current_preset.get(key))
+    if training.get("data_build") and run_info.get("data_build"):
+        for key in sorted(set(training["data_build"]) | set(run_info["data_build"])):
+            differ(
+                f"data {key}", training["data_build"].get(key), run_info["data_build"].get(key)
+            )
+    elif "data_dir" in training and "data_dir" in run_info:
+        if Path(training["data_dir"]).resolve() != Path(run_info["data_dir"]).resolve():
+            differences.append(f"data {training['data_dir']!r} -> {run_info['data_dir']!r}")
+    return differences
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with tuples as lists, for comparing settings after a JSON / pickle trip."""
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
 
 
 def validation_score(metrics: Mapping[str, float]) -> float:
@@ -290,6 +372,8 @@ class Trainer:
         }
 
         self.epoch = 0
+        self.saved_epoch = 0
+        """Round held by ``last.pt`` (0: none written by this trainer)."""
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0
@@ -333,6 +417,14 @@ class Trainer:
             )
             while not self.stop_reason:
                 self._run_epoch(self.epoch + 1)
+        except KeyboardInterrupt:
+            kept = (
+                f"{self.last_checkpoint} keeps round {self.saved_epoch}: resume to continue"
+                if self.saved_epoch
+                else "no round was saved yet: start again"
+            )
+            logger.warning("interrupted in round %d (step %d); %s", self.epoch + 1, self.step, kept)
+            raise
         finally:
             if self.writer is not None:
                 self.writer.close()
@@ -457,7 +549,10 @@ class Trainer:
         n_atoms = batch["n_atoms"]
         local_counts = torch.tensor([n_atoms.numel(), batch["z"].numel()], dtype=torch.float64)
         molecules, atoms = all_reduce_sum(local_counts, self.context).tolist()
-        out = self.train_model(batch)
+        try:
+            out = self.train_model(batch)
+        except GeometryError as error:
+            raise self._named(error, epoch, index, frame_index) from error
         energy_sq, force_sq = squared_error_sums(out, batch)
         aux = out.get("aux_loss")
         aux = aux if aux is not None else energy_sq.new_zeros(())
@@ -466,7 +561,7 @@ class Trainer:
         loss = self.context.world_size * weighted_loss(
             energy_sq, force_sq, preset.energy_weight, preset.force_weight, molecules, atoms
         ) + aux
-        self._check_finite(loss, epoch, index, frame_index)
+        self._check_finite(loss, epoch, index, frame_index, batch, out)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if preset.grad_clip is not None:
@@ -500,8 +595,27 @@ class Trainer:
             "train_aux_loss": aux_mean,
         }
 
+    def _named(
+        self, error: GeometryError, epoch: int, index: int, frame_index: torch.Tensor
+    ) -> GeometryError:
+        """``error`` with the frame it concerns named (the batch position alone says little)."""
+        if error.molecule is None or error.molecule >= len(frame_index):
+            frame = "a frame of the batch"
+        else:
+            frame = frame_ids(self.train_loader, frame_index[error.molecule : error.molecule + 1])
+            frame = f"frame {frame[0]}"
+        message = f"training epoch {epoch}, batch {index}, {frame}: {error}"
+        logger.error(message)
+        return GeometryError(message, error.molecule, error.atoms)
+
     def _check_finite(
-        self, loss: torch.Tensor, epoch: int, index: int, frame_index: torch.Tensor
+        self,
+        loss: torch.Tensor,
+        epoch: int,
+        index: int,
+        frame_index: torch.Tensor,
+        batch: Mapping[str, torch.Tensor] | None = None,
+        out: Mapping[str, Any] | None = None,
     ) -> None:
         local_bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0])
         if all_reduce_sum(local_bad, self.context).item() == 0:
@@ -513,14 +627,49 @@ class Trainer:
         )
         if local_bad.item():
             where = f"molecules {frame_ids(self.train_loader, frame_index)}"
+            cause = self._likely_cause(batch or {}, out or {}, frame_index)
         else:
-            where = "on another process"
+            where, cause = "on another process", "see that process's log"
         message = (
             f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {index} "
-            f"(rank {self.context.rank}), {where}; {kept}"
+            f"(rank {self.context.rank}), {where}; likely cause: {cause}; {kept}"
         )
         logger.error(message)
         raise NonFiniteLossError(message)
+
+    def _likely_cause(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        out: Mapping[str, Any],
+        frame_index: torch.Tensor,
+    ) -> str:
+        """Why the loss of a batch is not finite, from its labels and the model's outputs."""
+        names = frame_ids(self.train_loader, frame_index)
+        for key, what in (("energy", "reference energy"), ("forces", "reference forces")):
+            labels = batch.get(key)
+            if labels is None:
+                continue
+            labels = labels.detach().cpu()
+            if key == "energy":
+                bad_molecule = ~torch.isfinite(labels)
+            else:
+                bad_atom = ~torch.isfinite(labels).all(dim=-1)
+                bad_molecule = torch.zeros(len(names), dtype=torch.bool)
+                bad_molecule[batch["batch"].cpu()[bad_atom]] = True
+            bad = [names[i] for i in torch.nonzero(bad_molecule).flatten().tolist()]
+            if bad:
+                return f"non-finite {what} in the data of {bad} (check those frames' labels)"
+        for key in ("energy", "forces"):
+            value = out.get(key)
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value.detach()).all()):
+                return (
+                    f"the model's predicted {key} is not finite: training diverged (lower the "
+                    f"learning rate, or keep gradient clipping on)"
+                )
+        return (
+            "the loss overflowed although labels and predictions are finite (predictions far "
+            "from the labels: check energy units and E0)"
+        )
 
     def _out_of_time(self) -> bool:
         """Whether the safety cap has passed (any process deciding so stops all of them)."""
@@ -606,15 +755,25 @@ class Trainer:
                 fragments=getattr(self.model.network, "fragment_vocabulary", DEFAULT_VOCABULARY),
                 training=training,
             )
+        self.saved_epoch = self.epoch
         if improved:
             with atomic_write(self.best_checkpoint) as partial:
                 shutil.copyfile(self.last_checkpoint, partial)
 
     def _restore(self, path: Path) -> None:
         payload = read_checkpoint(path, map_location=self.device)
-        if payload["model_name"] != self.model_name:
-            raise ValueError(
-                f"{path}: holds model {payload['model_name']!r}, cannot resume {self.model_name!r}"
+        differences = resume_mismatches(
+            payload,
+            model_name=self.model_name,
+            model_config=self.model_config,
+            seed=self.seed,
+            preset=self.preset,
+            run_info=self.run_info,
+        )
+        if differences:
+            raise ResumeMismatchError(
+                f"{path} was written by another run ({'; '.join(differences)}); resume it with "
+                f"its own settings, or train into another folder"
             )
         state = payload["training"]
         self.model.network.load_state_dict(state["network_state_live"])
@@ -623,7 +782,7 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.early_stopping = EarlyStopping(self.preset.patience, **state["early_stopping"])
         self.history = list(state["history"])
-        self.epoch = int(state["epoch"])
+        self.epoch = self.saved_epoch = int(state["epoch"])
         self.step = int(state["step"])
         self.train_seconds = float(state["train_seconds"])
         self.train_frames_seen = int(state["train_frames_seen"])
@@ -641,6 +800,10 @@ class Trainer:
     def _open_log(self) -> logging.Handler | None:
         if not self.context.is_main:
             return None
+        path = os.path.abspath(self.out_dir / LOG_FILE)
+        for existing in logging.getLogger("benchmark").handlers:
+            if getattr(existing, "baseFilename", None) == path:
+                return None  # the caller already logs there (benchmark.training.experiment)
         handler = logging.FileHandler(self.out_dir / LOG_FILE)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         package_logger = logging.getLogger("benchmark")

@@ -196,7 +196,7 @@ def test_geometry_errors_name_the_problem():
     with pytest.raises(FragmentError, match="positions"):
         fragments_from_geometry([6, 1], np.zeros((3, 3)))
     with pytest.raises(FragmentError, match="bond perception failed"):
-        fragments_from_geometry([6, 6], [[0.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
+        fragments_from_geometry([6, 1], [[0.0, 0.0, 0.0], [1.09, 0.0, 0.0]])  # a bare CH
     mol = Chem.AddHs(Chem.MolFromSmiles("CCCl"))
     assert AllChem.EmbedMolecule(mol, randomSeed=1) == 0
     numbers = [a.GetAtomicNum() for a in mol.GetAtoms()]

@@ -71,8 +71,8 @@ def test_explain_both_splits(data_dir, checkpoint, tmp_path, capsys):
 
 
 def test_explain_errors_name_the_problem(data_dir, checkpoint, tmp_path, capsys):
-    assert main(["explain", str(tmp_path / "missing.pt"), "--data", str(data_dir)]) == 1
+    assert main(["explain", str(tmp_path / "missing.pt"), "--data", str(data_dir)]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
     argv = ["explain", str(checkpoint), "--task", "elongation", "--data", str(data_dir)]
-    assert main([*argv, "--split", "ood", "--out", str(tmp_path)]) == 1
+    assert main([*argv, "--split", "ood", "--out", str(tmp_path)]) == 2
     assert "elongation" in capsys.readouterr().err

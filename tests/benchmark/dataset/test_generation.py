@@ -183,7 +183,7 @@ def test_interrupted_build_resumes_to_identical_data(smoke_dir, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         build_dataset(out, "smoke", "mmff", executor=InterruptingExecutor(7), progress=False)
     assert len(list((out / "frames").glob("*/t*.xyz.gz"))) == 7  # stored as they finished
-    assert layout.read_build_info(out)["status"] == "running"
+    assert layout.read_build_info(out)["status"] == "interrupted"
     summary = build_dataset(out, "smoke", "mmff", workers=1, progress=False)
     assert summary.ok and summary.computed_trajectories == N_SMOKE_TRAJECTORIES - 7
     assert stored_bytes(out) == stored_bytes(smoke_dir)

@@ -34,6 +34,7 @@ from benchmark.training.distributed import EpochSampler, init_from_environment
 from benchmark.training.experiment import train
 from benchmark.training.presets import get_preset
 from benchmark.training.trainer import STEP_BUDGET, TIME_CAP, NonFiniteLossError, Trainer
+from deepset_moe.batch import GeometryError
 from deepset_moe.checkpoint import load_potential, read_checkpoint
 from deepset_moe.fragments import fragments_from_smiles
 from deepset_moe.graph import edge_vectors, radius_graph
@@ -239,11 +240,30 @@ def test_nan_label_stops_with_the_batch_named(frames: list[Frame], tmp_path: Pat
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch \d+.*poisoned-molecule") as error:
         trainer.fit()
     assert "last good checkpoint" in str(error.value)
+    assert "likely cause: non-finite reference energy in the data of ['poisoned-molecule" in str(
+        error.value
+    )
     assert poison.seen == [(1, ["id_test", "ood_test", "train", "val"])]
     kept = read_checkpoint(tmp_path / "last.pt")
     assert kept["training"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in kept["network_state"].values())
     assert "non-finite training loss" in (tmp_path / "train.log").read_text()
+
+
+def test_overlapping_atoms_stop_training_naming_the_frame(
+    frames: list[Frame], tmp_path: Path
+) -> None:
+    """Issue 12 case 6: not a NaN loss naming eight frames, but the frame and its two atoms."""
+    frames = [dataclasses.replace(f) for f in frames]
+    bad = split(frames)[0][5]
+    bad.positions = bad.positions.copy()
+    bad.positions[2] = bad.positions[1] + 0.01
+    bad.molecule_id = "squashed-molecule"
+    trainer = make_trainer(frames, tmp_path, **rounds(1))
+    with pytest.raises(GeometryError, match=r"epoch 1, batch \d+, frame squashed-molecule/.*"
+                       r"atoms 1 and 2 are 0\.017\d* Å apart \(overlapping"):
+        trainer.fit()
+    assert "squashed-molecule" in (tmp_path / "train.log").read_text()
 
 
 def test_time_cap_stops_after_the_current_batch_and_says_so(
