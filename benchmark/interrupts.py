@@ -20,7 +20,10 @@ exit with 130 (SIGINT) or 143 (SIGTERM).
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -63,13 +66,31 @@ def sigterm_raises() -> Iterator[None]:
 
 
 def worker_ignores_sigint() -> None:
-    """Pool initializer: the worker ignores SIGINT (the parent stops it with :func:`stop_pool`)
-    and tqdm uses a thread lock, not a process-shared semaphore that a worker stopped by
-    SIGTERM would leave for the resource tracker to report as leaked."""
+    """Pool initializer: the worker ignores SIGINT (the parent stops it with :func:`stop_pool`),
+    gets SIGTERM if its parent dies without stopping it (``kill -9``; Linux), and tqdm uses a
+    thread lock, not a process-shared semaphore that a worker stopped by SIGTERM would leave
+    for the resource tracker to report as leaked."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _terminate_with_parent()
     from tqdm import tqdm
 
     tqdm.set_lock(threading.RLock())
+
+
+def _terminate_with_parent() -> None:
+    """Linux ``prctl(PR_SET_PDEATHSIG, SIGTERM)``: no orphan survives a killed parent."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def wait_interruptibly(futures: Iterable[Future], poll: float = 0.5) -> Iterator[Future]:

@@ -355,7 +355,7 @@ def run_matrix(
         PlanMismatchError: the folder holds a run with another protocol.
     """
     run_json = plan.out_dir / RUN_JSON
-    previous = json.loads(run_json.read_text()) if run_json.exists() else {}
+    previous = _read_run_json(run_json)
     check_plan_matches(plan, previous)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_json, {**previous, "plan": plan.to_dict()})
@@ -439,6 +439,27 @@ def run_matrix(
     }
     write_json(run_json, summary)
     return summary
+
+
+def _read_run_json(path: Path) -> dict[str, Any]:
+    """A run folder's ``run.json`` ({} when there is none).
+
+    Raises:
+        UsageError: it exists but is not a JSON object (it is written atomically, so this is
+            damage from outside): named, with what to do.
+    """
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        record = error
+    if not isinstance(record, dict):
+        raise UsageError(
+            f"{path}: damaged ({record if isinstance(record, Exception) else 'not an object'}); "
+            f"move it away to continue this folder (its cells are kept) or use a new --out"
+        )
+    return record
 
 
 def _run_cells(

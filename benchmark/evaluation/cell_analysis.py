@@ -75,8 +75,11 @@ def cached_analysis(
     )
     path = Path(cell) / f"analysis_{name}.json"
     if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
+        try:
+            cached = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cached = {}  # a damaged cache is recomputed
+        if isinstance(cached, dict) and cached.get("key") == key and "value" in cached:
             return cached["value"]
     with one_torch_thread():
         value = compute()

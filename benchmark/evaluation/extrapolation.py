@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -202,9 +203,12 @@ def task_distances(
     cache_path = Path(cache_path)
     fingerprint = _fingerprint(train_frames, test_sets, settings, max_per_element, seed)
     if cache_path.exists():
-        with np.load(cache_path) as cached:
-            if str(cached["fingerprint"]) == fingerprint:
-                return {name: cached[f"distance_{name}"] for name in test_sets}
+        try:
+            with np.load(cache_path) as cached:
+                if str(cached["fingerprint"]) == fingerprint:
+                    return {name: cached[f"distance_{name}"] for name in test_sets}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # a damaged cache is recomputed
     distances = distances_from_training(train_frames, test_sets, settings, max_per_element, seed)
     with atomic_write(cache_path) as partial:
         np.savez(

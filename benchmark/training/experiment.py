@@ -120,8 +120,9 @@ def check_run_folder(
 ) -> None:
     """Refuse to train into ``out_dir`` when that would lose or misreport earlier work.
 
-    * without ``resume`` or ``overwrite``, a folder holding a run (``metrics.json``,
-      ``last.pt`` or ``best.pt``) is refused, whatever that run's state;
+    * without ``resume`` or ``overwrite``, a folder holding a run is refused: a finished one,
+      an unfinished one (``last.pt``), a failed one with checkpoints (a run that failed
+      before writing any checkpoint holds nothing to lose and is simply run again);
     * with ``resume``, ``last.pt`` must come from the same run (:func:`resume_mismatches`),
       and a finished run without ``last.pt`` cannot be continued.
 
@@ -177,7 +178,9 @@ def _run_state(out_dir: Path) -> str | None:
             status = None
         if status == "ok":
             return f"a finished run ({METRICS_FILE} status ok)"
-        return f"a failed run ({METRICS_FILE} status {status!r})"
+        if any((out_dir / name).exists() for name in (LAST_CHECKPOINT, BEST_CHECKPOINT)):
+            return f"a failed run with checkpoints ({METRICS_FILE} status {status!r})"
+        return None  # failed before any checkpoint: nothing to lose (e.g. bad data, now fixed)
     if (out_dir / LAST_CHECKPOINT).exists():
         try:
             epoch = read_checkpoint(out_dir / LAST_CHECKPOINT)["training"].get("epoch")

@@ -175,6 +175,15 @@ def test_run_into_a_folder_of_another_protocol(smoke_data, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [RUN_JSON]
 
 
+def test_damaged_run_record_is_named(smoke_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / RUN_JSON).write_text('{"plan": {"preset"')  # damaged from outside
+    assert main([*RUN, "--models", "schnet", "--data", str(smoke_data), "--out", str(out)]) == 2
+    error = one_error_line(capsys, "run")
+    assert f"{out / RUN_JSON}: damaged" in error and "move it away" in error
+
+
 def test_other_commands_refuse_bad_paths_first(smoke_data, tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("")
@@ -239,11 +248,13 @@ def test_ctrl_c_stops_a_build_and_its_workers_and_resume_is_identical(smoke_data
 def test_sigterm_stops_a_matrix_and_its_cells(smoke_data, tmp_path):
     out = tmp_path / "run"
     process = gmd26(
-        *RUN, "--models", "schnet", "painn", "--data", str(smoke_data), "--out", str(out),
+        *RUN, "--models", "schnet", "--seeds", "2", "--data", str(smoke_data), "--out", str(out),
         "--workers", "2", "--preset-overrides", '{"max_steps": 100000, "eval_every": 100000}',
     )  # fmt: skip
-    logs = [out / "duplication" / model / "seed0" / "train.log" for model in ("schnet", "painn")]
-    wait_for(lambda: all(p.exists() for p in logs) or process.poll() is not None, 180, "cells")
+    def training() -> bool:
+        return any(out.glob("duplication/schnet/seed*/train.log")) or process.poll() is not None
+
+    wait_for(training, 180, "a cell to train")
     workers = children(process.pid)
     assert len(workers) >= 2
     process.send_signal(signal.SIGTERM)
@@ -253,12 +264,4 @@ def test_sigterm_stops_a_matrix_and_its_cells(smoke_data, tmp_path):
     wait_for(lambda: not any(alive(pid) for pid in workers), 10, "cells to end")
     record = json.loads((out / RUN_JSON).read_text())
     assert record["invocations"][-1]["interrupted"] == "SIGTERM"
-    assert not list(out.glob("*/*/seed0/result.json"))  # unfinished cells stay unfinished
-    # Issue 12 case 4 in a real process: another preset into this folder is one line, exit 2.
-    other = gmd26(*RUN, "--models", "schnet", "--data", str(smoke_data), "--out", str(out),
-                  "--preset-overrides", '{"max_steps": 8}')  # fmt: skip
-    _, err = other.communicate(timeout=120)
-    assert other.returncode == 2
-    assert len(err.strip().splitlines()) == 1, err
-    assert err.startswith(f"gmd26 run: {out} holds a run with another protocol (preset_overr")
-    assert err.strip().endswith("or the folder's own settings to continue it")
+    assert not list(out.glob("*/*/seed*/result.json"))  # unfinished cells stay unfinished

@@ -111,3 +111,22 @@ def test_fewer_frames_without_a_failure_record_are_recomputed(smoke_data, tmp_pa
         assert handle.read().count("Properties=") == layout.read_build_info(out)[
             "frames_per_trajectory"
         ]
+
+
+def test_a_build_that_fails_says_so_in_build_json(smoke_data, tmp_path, monkeypatch):
+    """An error after the build started leaves status 'failed' with the reason, never
+    'running' (an interrupted one: 'interrupted', see tests/benchmark/cli/test_errors.py)."""
+    from benchmark.dataset import build as build_module
+
+    out = tmp_path / "failing"
+    shutil.copytree(smoke_data, out)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(build_module, "_write_manifests", broken)
+    reference = json.loads((smoke_data / "build.json").read_text())["reference"]
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_dataset(out, "smoke", reference, workers=1, progress=False)
+    record = layout.read_build_info(out)
+    assert record["status"] == "failed" and record["stop_reason"] == "RuntimeError: disk full"
