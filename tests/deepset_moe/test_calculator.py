@@ -137,9 +137,7 @@ def test_format_1_checkpoint_still_loads_and_reproduces_its_predictions():
     model name, default vocabulary from num_fragments) and predicts what its run recorded."""
     path = FORMAT_1_RUN / "best.pt"
     payload = read_checkpoint(path)
-    if payload["format_version"] != 1:
-        pytest.skip(f"{path} was rewritten in format {payload['format_version']} (the format-1 "
-                    "loader is still tested on a synthesised file)")  # fmt: skip
+    assert payload["format_version"] == 1, f"{path} must stay a format-1 file (loader test)"
     assert "model_target" not in payload
     assert "fragments" not in payload and payload["fragment_names"] == list(
         DEFAULT_VOCABULARY.names

@@ -334,8 +334,7 @@ def test_the_gate_does_not_change_the_initial_weights(router_mode: str) -> None:
 
 
 def test_committed_checkpoint_keeps_the_hard_gate() -> None:
-    if not COMMITTED_CHECKPOINT.exists():
-        pytest.skip(f"{COMMITTED_CHECKPOINT} is not in this checkout")
+    assert COMMITTED_CHECKPOINT.exists(), f"{COMMITTED_CHECKPOINT} is committed; restore it"
     payload = torch.load(COMMITTED_CHECKPOINT, map_location="cpu", weights_only=False)
     assert "gate" not in payload["model_config"]
     network = load_potential(COMMITTED_CHECKPOINT).network
