@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 baselines="schnet painn nequip mace"
 gmd26 run --tasks duplication --models $baselines --preset protocol --seeds 1 \
-  --out results/protocol --no-report --workers 2
+  --out results/protocol --no-report --workers "${WORKERS:-2}"
 for variant in interleaved e0_none interleaved_e0_none; do
   case $variant in
     interleaved) overrides='{"id_split": "interleaved"}' ;;
@@ -17,7 +17,7 @@ for variant in interleaved e0_none interleaved_e0_none; do
     interleaved_e0_none) overrides='{"id_split": "interleaved", "e0": "none"}' ;;
   esac
   gmd26 run --tasks duplication --models $baselines --preset protocol --seeds 1 \
-    --preset-overrides "$overrides" --out "results/decomposition/$variant" --no-report --workers 2
+    --preset-overrides "$overrides" --out "results/decomposition/$variant" --no-report --workers "${WORKERS:-2}"
 done
 gmd26 run --tasks duplication combination elongation substitution \
-  --models $baselines dimenet++ --preset protocol --seeds 2 --out results/protocol --no-report --workers 2
+  --models $baselines dimenet++ --preset protocol --seeds 2 --out results/protocol --no-report --workers "${WORKERS:-2}"
