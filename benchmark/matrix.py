@@ -56,6 +56,7 @@ from typing import Any, TextIO
 import torch
 
 from baselines.registry import list_models
+from benchmark.dataset.layout import data_identity
 from benchmark.dataset.tasks import TASK_NAMES
 from benchmark.errors import UsageError
 from benchmark.interrupts import (
@@ -77,12 +78,14 @@ PROTOCOL_KEYS = (
     "preset",
     "preset_overrides",
     "model_configs",
-    "data_dir",
+    "data",
     "cell_minutes",
     "threads_per_cell",
     "device",
 )
-"""Plan fields that define a run folder's protocol (see :class:`PlanMismatchError`)."""
+"""Plan fields that define a run folder's protocol (see :class:`PlanMismatchError`). ``data`` is
+the dataset's build identity (:func:`~benchmark.dataset.layout.data_identity`), not its path, so
+a run folder moves with its repository."""
 
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.log"
@@ -153,7 +156,12 @@ class MatrixPlan:
 
     def to_dict(self) -> dict[str, Any]:
         plan = asdict(self)
-        plan.update(out_dir=str(self.out_dir), data_dir=str(self.data_dir))
+        identity = data_identity(self.data_dir)
+        plan.update(
+            out_dir=str(self.out_dir),
+            data_dir=str(self.data_dir),
+            data=identity if identity is not None else str(self.data_dir.resolve()),
+        )
         return plan
 
 

@@ -84,6 +84,22 @@ def read_build_info(data_dir: str | Path) -> dict[str, Any]:
     return _read_json_object(path)
 
 
+DATA_IDENTITY_KEYS = (
+    "preset", "reference", "md_calculator", "seed", "generator_version", "tasks_version",
+)
+"""``build.json`` keys that identify a dataset's content (wherever its folder is)."""
+
+
+def data_identity(data_dir: str | Path) -> dict[str, Any] | None:
+    """The identity of a built dataset (:data:`DATA_IDENTITY_KEYS` of its ``build.json``), or
+    None when the folder has no readable ``build.json``."""
+    try:
+        build = read_build_info(data_dir)
+    except (OSError, ValueError):
+        return None
+    return {key: build.get(key) for key in DATA_IDENTITY_KEYS}
+
+
 def _read_json_object(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())

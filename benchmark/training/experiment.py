@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from baselines.registry import build_model, model_config
-from benchmark.dataset.layout import DEFAULT_DATA_DIR, load_split, read_build_info
+from benchmark.dataset.layout import DEFAULT_DATA_DIR, data_identity, load_split
 from benchmark.dataset.splits import SPLITS, interleaved_id_split
 from benchmark.dataset.tasks import TASK_NAMES
 from benchmark.errors import ResumeMismatchError, RunFolderError
@@ -79,22 +79,6 @@ def default_out_dir(model_name: str, task: str, preset: str, seed: int) -> Path:
 
 def predictions_path(out_dir: str | Path, split: str) -> Path:
     return Path(out_dir) / f"predictions_{split}.npz"
-
-
-DATA_IDENTITY_KEYS = (
-    "preset", "reference", "md_calculator", "seed", "generator_version", "tasks_version",
-)
-"""``build.json`` keys that identify a dataset's content (wherever its folder is)."""
-
-
-def data_identity(data_dir: str | Path) -> dict[str, Any] | None:
-    """The identity of a built dataset (:data:`DATA_IDENTITY_KEYS` of its ``build.json``), or
-    None when the folder has no readable ``build.json``."""
-    try:
-        build = read_build_info(data_dir)
-    except (OSError, ValueError):
-        return None
-    return {key: build.get(key) for key in DATA_IDENTITY_KEYS}
 
 
 def run_outputs(out_dir: str | Path) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from benchmark.matrix import (
     MatrixPlan,
     PlanMismatchError,
     cell_dir,
+    check_plan_matches,
     read_result,
     run_matrix,
 )
@@ -136,3 +138,16 @@ def test_a_run_folder_refuses_another_protocol(smoke_matrix, smoke_data):
     plan.preset_overrides = {"max_steps": 16}
     with pytest.raises(PlanMismatchError, match="preset_overrides"):
         run_matrix(plan, stream=io.StringIO())
+
+
+def test_a_run_folder_follows_its_data_by_content_not_by_path(smoke_matrix, smoke_data, tmp_path):
+    """A clone elsewhere continues a committed run; another dataset is refused."""
+    previous = json.loads((smoke_matrix / RUN_JSON).read_text())
+    moved = tmp_path / "moved" / "gmd26"
+    shutil.copytree(smoke_data, moved)
+    check_plan_matches(smoke_matrix_plan(smoke_matrix, moved), previous)
+    build = json.loads((moved / "build.json").read_text())
+    build["seed"] += 1
+    (moved / "build.json").write_text(json.dumps(build))
+    with pytest.raises(PlanMismatchError, match="data"):
+        check_plan_matches(smoke_matrix_plan(smoke_matrix, moved), previous)
