@@ -15,10 +15,10 @@ for mode in hybrid learned fragment identity spatial; do
 done
 run router_none '{"router_mode": "none", "num_experts": 1, "top_k": 1, "expert_hidden": 521}'
 run experts_4_k1 '{"num_experts": 4, "top_k": 1}'
-run experts_16_k2 '{"num_experts": 16, "top_k": 2}'
-run gate_topk '{"gate": "topk"}'
 run pooling_mean '{"pooling": "mean"}'
 run pooling_attention '{"pooling": "attention"}'
 run rho_mlp '{"readout": "mlp"}'
 run cutoff_3.5 '{"cutoff": 3.5}'
 run cutoff_6 '{"cutoff": 6.0}'
+run experts_16_k2 '{"num_experts": 16, "top_k": 2}'
+run gate_topk '{"gate": "topk"}'  # smoothness, not generalisation: last
