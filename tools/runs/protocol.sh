@@ -19,5 +19,10 @@ for variant in interleaved e0_none interleaved_e0_none; do
   gmd26 run --tasks duplication --models $baselines --preset protocol --seeds 1 \
     --preset-overrides "$overrides" --out "results/decomposition/$variant" --no-report --workers "${WORKERS:-2}"
 done
-gmd26 run --tasks duplication combination elongation substitution \
-  --models $baselines dimenet++ --preset protocol --seeds 2 --out results/protocol --no-report --workers "${WORKERS:-2}"
+# every task with one seed first, then the second seed, then DimeNet++ (the slowest on CPU)
+for seeds in 1 2; do
+  gmd26 run --tasks duplication combination elongation substitution --models $baselines \
+    --preset protocol --seeds $seeds --out results/protocol --no-report --workers "${WORKERS:-2}"
+done
+gmd26 run --tasks duplication combination elongation substitution --models dimenet++ \
+  --preset protocol --seeds 2 --out results/protocol --no-report --workers "${WORKERS:-2}"
