@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the library with every baseline.
 #   ./install.sh            library + baselines (SchNet, DimeNet++, PaiNN, MACE, NequIP, Allegro)
+#                           + dask.distributed (the `cluster` extra: --scheduler, docs/cluster.md)
 #   ./install.sh test       ... + test tools (pytest, ruff, triton)
 #   ./install.sh fairchem   ... + GemNet-OC and EquiformerV2 (fairchem-core 1.3.0; compiles
 #                           torch-scatter and torch-sparse from source: ~25 min on 2 cores)
@@ -11,7 +12,7 @@
 # pyyaml and requests.
 set -euo pipefail
 cd "$(dirname "$0")"
-extras="baselines"
+extras="baselines,cluster"
 fairchem=0
 for option in "$@"; do
   case "$option" in

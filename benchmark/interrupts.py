@@ -12,8 +12,8 @@ exit with 130 (SIGINT) or 143 (SIGTERM).
 * :func:`worker_ignores_sigint` is the initializer of worker processes: Ctrl-C in a terminal
   signals the whole process group, and only the parent should react (workers would otherwise
   print one traceback each).
-* :func:`wait_interruptibly` waits for futures in short slices, so a signal is acted on at
-  once whichever thread received it.
+* :func:`benchmark.executors.completed` waits for futures in short slices, so a signal is
+  acted on at once whichever thread received it.
 * :func:`stop_pool` cancels queued work and ends a ``ProcessPoolExecutor``'s workers now
   (terminate, then kill), instead of ``shutdown(wait=True)`` waiting for running units.
 """
@@ -25,8 +25,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 
@@ -91,20 +91,6 @@ def _terminate_with_parent() -> None:
 
 
 PR_SET_PDEATHSIG = 1
-
-
-def wait_interruptibly(futures: Iterable[Future], poll: float = 0.5) -> Iterator[Future]:
-    """``as_completed`` that Ctrl-C / SIGTERM can interrupt within ``poll`` seconds.
-
-    A signal may be handled by any thread of the process; when a pool's helper thread gets
-    it, a main thread blocked without timeout in ``as_completed`` would not notice until a
-    future finishes (minutes, for a training cell). Waiting in short slices lets it run the
-    signal's handler promptly.
-    """
-    pending = set(futures)
-    while pending:
-        done, pending = wait(pending, timeout=poll, return_when=FIRST_COMPLETED)
-        yield from done
 
 
 def stop_pool(pool: ProcessPoolExecutor, timeout: float = 5.0) -> None:

@@ -20,10 +20,19 @@ A run folder belongs to one protocol: running a plan whose preset, preset overri
 settings, data, safety cap, threads or device differ from the folder's ``run.json`` is refused
 (:class:`PlanMismatchError`); more tasks, models or seeds may be added.
 
-Cells run in ``workers`` processes at once, each on ``threads_per_cell`` torch threads. The
-thread count is part of the protocol (it can change floating-point sums), the worker count is
-not: the same plan gives the same metrics sequentially or in a pool, on a busy or an idle
-machine, because budgets are optimiser steps.
+Cells run in ``workers`` processes at once, each on ``threads_per_cell`` torch threads, or on
+a ``dask.distributed`` cluster (``run_matrix(plan, executor=client)``, ``gmd26 run
+--scheduler``; :mod:`benchmark.executors`). The thread count is part of the protocol (it can
+change floating-point sums), the executor and the worker count are not: the same plan gives
+the same metrics, cell files and ``run.json`` sequentially, in a pool or on a cluster, on a
+busy or an idle machine, because budgets are optimiser steps. A cell whose worker fails
+(a dask worker killed, a pool process lost) is recorded as ``failed`` with the worker's
+error, and the other cells go on.
+
+GPU placement: ``devices`` (``("cuda:0", "cuda:1")``) lists the devices cells train on; each
+cell in flight gets the least-busy one (:class:`benchmark.executors.DeviceSlots`), so with
+``workers <= len(devices)`` every running cell has a GPU of its own (on a cluster, at most
+``len(devices)`` cells are in flight). Which GPU a cell used is not part of the protocol.
 
 A plan is checked before any cell trains: unknown tasks or models (:class:`MatrixPlan`) and
 a protocol mismatch raise at once. Ctrl-C or SIGTERM stop every worker process at once
@@ -39,7 +48,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import platform
 import subprocess
@@ -47,11 +55,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import torch
 
@@ -59,12 +67,16 @@ from baselines.registry import list_models
 from benchmark.dataset.layout import data_identity
 from benchmark.dataset.tasks import TASK_NAMES
 from benchmark.errors import UsageError
-from benchmark.interrupts import (
-    signal_name,
-    stop_pool,
-    wait_interruptibly,
-    worker_ignores_sigint,
+from benchmark.executors import (
+    DaskExecutor,
+    DeviceSlots,
+    Executor,
+    SerialExecutor,
+    as_executor,
+    completed,
+    process_pool,
 )
+from benchmark.interrupts import signal_name, worker_ignores_sigint
 from benchmark.jsonio import write_json
 
 DEFAULT_TASKS: tuple[str, ...] = TASK_NAMES
@@ -113,9 +125,12 @@ class MatrixPlan:
             a cell that hits it says so in its result.
         preset_overrides: other preset fields to override (e.g. ``{"lr": 10.0}``).
         model_configs: per-model hyperparameter overrides ``{model: {name: value}}``.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"`` or ``"cuda"`` (part of the protocol).
+        devices: the devices cells are placed on (e.g. ``("cuda:0", "cuda:1")``), all of the
+            kind ``device``; empty: every cell on ``device``. Not part of the protocol.
         retry_failed: train cells that finished ``failed`` again (``ok`` cells stay).
-        workers: cells trained at once, each in its own process.
+        workers: cells trained at once, each in its own process (ignored when
+            :func:`run_matrix` is given an executor).
         threads_per_cell: torch threads of each cell.
     """
 
@@ -129,14 +144,17 @@ class MatrixPlan:
     preset_overrides: dict[str, Any] = field(default_factory=dict)
     model_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     device: str = "cpu"
+    devices: tuple[str, ...] = ()
     retry_failed: bool = False
     workers: int = 1
     threads_per_cell: int = 1
 
     def __post_init__(self) -> None:
         """Raises :class:`~benchmark.errors.UsageError` (a ``ValueError``) for a plan that
-        cannot run: unknown tasks or models, no seeds, workers or threads."""
+        cannot run: unknown tasks or models, no seeds, workers or threads, devices that are
+        not of the kind ``device``."""
         self.out_dir, self.data_dir = Path(self.out_dir), Path(self.data_dir)
+        self.devices = tuple(self.devices)
         unknown = [t for t in self.tasks if t not in TASK_NAMES]
         if unknown:
             raise UsageError(f"unknown tasks {unknown}; choose from {list(TASK_NAMES)}")
@@ -149,6 +167,12 @@ class MatrixPlan:
             raise UsageError("the matrix needs at least one task and one model")
         if self.workers < 1 or self.threads_per_cell < 1:
             raise UsageError("workers and threads_per_cell must be >= 1")
+        wrong = [d for d in self.devices if device_kind(d) != device_kind(self.device)]
+        if wrong:
+            raise UsageError(
+                f"devices {wrong} are not {self.device} devices; list devices of the kind "
+                f"{self.device!r}, e.g. cuda:0,cuda:1 with device cuda"
+            )
 
     def cells(self) -> list[tuple[str, str, int]]:
         """(task, model, seed) in run order: task-major, then model, then seed."""
@@ -163,6 +187,18 @@ class MatrixPlan:
             data=identity if identity is not None else str(self.data_dir.resolve()),
         )
         return plan
+
+
+def device_kind(device: str) -> str:
+    """``"cuda"`` for ``"cuda:1"``, ``"cpu"`` for ``"cpu"``.
+
+    Raises:
+        UsageError: not a torch device name.
+    """
+    try:
+        return torch.device(device).type
+    except (RuntimeError, ValueError) as error:
+        raise UsageError(f"{device!r} is not a device ({error}); use cpu, cuda or cuda:N") from None
 
 
 class PlanMismatchError(ValueError):
@@ -231,10 +267,30 @@ def _default_train() -> TrainFunction:
     return train
 
 
+@contextmanager
+def _current_device(device: str) -> Iterator[None]:
+    """``device`` (``cuda:N``) is this thread's current CUDA device meanwhile (kernels launch
+    on the current device); nothing changes for the CPU, ``cuda`` or without CUDA."""
+    target = torch.device(device)
+    if target.type != "cuda" or target.index is None or not torch.cuda.is_available():
+        yield
+        return
+    with torch.cuda.device(target):
+        yield
+
+
 def run_cell(
-    plan: MatrixPlan, task: str, model: str, seed: int, train: TrainFunction | None = None
+    plan: MatrixPlan,
+    task: str,
+    model: str,
+    seed: int,
+    train: TrainFunction | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one cell and write its ``result.json`` (never raises for the cell).
+
+    Args:
+        device: where this cell trains (one of ``plan.devices``); default ``plan.device``.
 
     Returns:
         The result dict written: the trainer's result plus ``task``, ``model``, ``seed``,
@@ -243,26 +299,28 @@ def run_cell(
     cell = cell_dir(plan.out_dir, task, model, seed)
     cell.mkdir(parents=True, exist_ok=True)
     train = train or _default_train()
+    device = device or plan.device
     started = time.monotonic()
     threads = torch.get_num_threads()
     torch.set_num_threads(plan.threads_per_cell)
     try:
-        result = dict(
-            train(
-                model,
-                task,
-                plan.preset,
-                plan.data_dir,
-                cell,
-                seed,
-                resume=True,
-                max_minutes=plan.cell_minutes,
-                device=plan.device,
-                model_settings=plan.model_configs.get(model),
-                preset_overrides=plan.preset_overrides,
-                progress=False,
+        with _current_device(device):
+            result = dict(
+                train(
+                    model,
+                    task,
+                    plan.preset,
+                    plan.data_dir,
+                    cell,
+                    seed,
+                    resume=True,
+                    max_minutes=plan.cell_minutes,
+                    device=device,
+                    model_settings=plan.model_configs.get(model),
+                    preset_overrides=plan.preset_overrides,
+                    progress=False,
+                )
             )
-        )
         if result.get("status") == "ok":
             bad = non_finite_metrics(result)
             if bad:
@@ -271,14 +329,40 @@ def run_cell(
             status = result.get("status")
             result.update(status="failed", reason=f"trainer returned status {status!r}")
     except Exception as error:  # a crashing cell is recorded and the matrix goes on
-        (cell / ERROR_FILE).write_text(traceback.format_exc())
-        result = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+        result = _record_error(cell, error)
     finally:
         torch.set_num_threads(threads)
-    result.update(task=task, model=model, seed=seed, cell_seconds=time.monotonic() - started)
+    return _write_result(cell, result, task, model, seed, time.monotonic() - started)
+
+
+def _record_error(cell: Path, error: BaseException) -> dict[str, Any]:
+    """A failed cell's result for ``error``; its traceback goes to ``error.log``."""
+    trace = traceback.format_exception(type(error), error, error.__traceback__)
+    (cell / ERROR_FILE).write_text("".join(trace))
+    return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+
+
+def _write_result(
+    cell: Path, result: dict[str, Any], task: str, model: str, seed: int, seconds: float
+) -> dict[str, Any]:
+    """Complete ``result`` with the cell's identity and time and write its ``result.json``."""
+    result.update(task=task, model=model, seed=seed, cell_seconds=seconds)
     result.setdefault("reason", None)
     write_json(cell / RESULT_FILE, result)
     return result
+
+
+def record_lost_cell(
+    plan: MatrixPlan, task: str, model: str, seed: int, error: BaseException, seconds: float
+) -> dict[str, Any]:
+    """Record a cell whose worker failed (``run_cell`` did not return: a dask worker killed,
+    a pool process lost) as ``failed`` with the worker's error, the way ``run_cell`` records
+    a cell that raised."""
+    cell = cell_dir(plan.out_dir, task, model, seed)
+    cell.mkdir(parents=True, exist_ok=True)
+    result = _record_error(cell, error)
+    result["reason"] = f"worker failed: {result['reason']}"
+    return _write_result(cell, result, task, model, seed, seconds)
 
 
 def machine_info() -> dict[str, Any]:
@@ -344,6 +428,7 @@ def run_matrix(
     command: Sequence[str] | None = None,
     train: TrainFunction | None = None,
     stream: TextIO = sys.stderr,
+    executor: Any | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished cell of ``plan`` and update ``run.json``.
 
@@ -351,13 +436,19 @@ def run_matrix(
         plan: the matrix.
         command: the command line to record (default ``sys.argv``).
         train: the trainer entry point (default ``benchmark.training.experiment.train``); with
-            ``plan.workers > 1`` it must be picklable (a module-level function).
+            ``plan.workers > 1`` or an ``executor`` it must be picklable (a module-level
+            function).
         stream: where progress lines go.
+        executor: where the cells run instead of ``plan.workers`` local processes: a
+            ``dask.distributed.Client`` (the run and data folders must be on a file system
+            every worker sees under the same paths) or any object with ``submit``
+            (:mod:`benchmark.executors`). It is left open. All cells are submitted at once,
+            or at most ``len(plan.devices)`` when devices are listed.
 
     Returns:
         The ``run.json`` content: ``plan``, ``machine``, ``invocations`` (one per call:
-        command, start / end, wall time, cells computed and skipped) and ``cells`` (status,
-        reason and seconds of every cell of the plan).
+        command, executor, start / end, wall time, cells computed and skipped) and ``cells``
+        (status, reason and seconds of every cell of the plan).
 
     Raises:
         PlanMismatchError: the folder holds a run with another protocol.
@@ -369,20 +460,16 @@ def run_matrix(
     write_json(run_json, {**previous, "plan": plan.to_dict()})
     started_at, started = _now(), time.monotonic()
     cells = plan.cells()
-    results: dict[tuple[str, str, int], dict[str, Any]] = {}
-    pending = []
+    results = _finished_cells(plan, cells)
+    pending = [cell for cell in cells if cell not in results]
+    runner = _cell_runner(plan, executor, len(pending))
     with open(plan.out_dir / RUN_LOG, "a") as log:
-        progress = _Progress(len(cells), log, plan.workers, stream)
+        progress = _Progress(len(cells), log, runner.concurrency, stream)
         progress.line(f"START matrix of {len(cells)} cells: {' '.join(command or sys.argv)}")
-        for task, model, seed in cells:
-            result = read_result(cell_dir(plan.out_dir, task, model, seed))
-            if result is not None and not (plan.retry_failed and result["status"] == "failed"):
-                results[(task, model, seed)] = result
-                progress.line(f"SKIP {cell_label(task, model, seed)}: already finished")
-                progress.finish(cell_label(task, model, seed), result["status"], None, 0)
-            else:
-                pending.append((task, model, seed))
-        runs = _run_cells(plan, pending, train, progress)
+        for cell, result in results.items():
+            progress.line(f"SKIP {cell_label(*cell)}: already finished")
+            progress.finish(cell_label(*cell), result["status"], None, 0)
+        runs = _run_cells(plan, pending, train, progress, runner)
         try:
             for index, ((task, model, seed), result) in enumerate(runs):
                 label = cell_label(task, model, seed)
@@ -406,6 +493,7 @@ def run_matrix(
                 "cells_computed": done,
                 "cells_skipped": len(cells) - len(pending),
                 "workers": plan.workers,
+                "executor": runner.name,
                 "interrupted": signal_name(error),
             }
             write_json(
@@ -427,6 +515,7 @@ def run_matrix(
         "cells_computed": computed,
         "cells_skipped": skipped,
         "workers": plan.workers,
+        "executor": runner.name,
     }
     records = [
         {
@@ -447,6 +536,19 @@ def run_matrix(
     }
     write_json(run_json, summary)
     return summary
+
+
+def _finished_cells(
+    plan: MatrixPlan, cells: Sequence[tuple[str, str, int]]
+) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """The results of the cells that are not trained again: finished ones, failed ones
+    only without ``plan.retry_failed``."""
+    finished = {}
+    for cell in cells:
+        result = read_result(cell_dir(plan.out_dir, *cell))
+        if result is not None and not (plan.retry_failed and result["status"] == "failed"):
+            finished[cell] = result
+    return finished
 
 
 def _read_run_json(path: Path) -> dict[str, Any]:
@@ -470,30 +572,62 @@ def _read_run_json(path: Path) -> dict[str, Any]:
     return record
 
 
+class _CellRunner(NamedTuple):
+    """Where a matrix's cells run: the executor (a context manager entered when the first cell
+    is submitted), how many cells may be in flight, how many run at once (for the time-left
+    estimate) and the name ``run.json`` records."""
+
+    executor: AbstractContextManager[Executor]
+    window: int
+    concurrency: int
+    name: str
+
+
+def _cell_runner(plan: MatrixPlan, executor: Any | None, cells: int) -> _CellRunner:
+    """The given executor (a dask ``Client`` is wrapped: :func:`as_executor`), else this
+    process (one worker or one cell), else a pool of ``plan.workers`` processes."""
+    if executor is not None:
+        executor = as_executor(executor)
+        window = len(plan.devices) or max(1, cells)
+        threads = executor.threads() if isinstance(executor, DaskExecutor) else window
+        name = str(executor) if isinstance(executor, DaskExecutor) else type(executor).__name__
+        return _CellRunner(nullcontext(executor), window, min(window, threads), name)
+    if plan.workers == 1 or cells <= 1:
+        return _CellRunner(nullcontext(SerialExecutor()), 1, 1, "this process")
+    pool = process_pool(plan.workers, initializer=worker_ignores_sigint)
+    return _CellRunner(pool, plan.workers, plan.workers, f"{plan.workers} processes")
+
+
 def _run_cells(
     plan: MatrixPlan,
     cells: Sequence[tuple[str, str, int]],
     train: TrainFunction | None,
     progress: _Progress,
+    runner: _CellRunner,
 ) -> Iterator[tuple[tuple[str, str, int], dict[str, Any]]]:
-    """Train ``cells`` (in ``plan.workers`` processes) and yield each as it finishes."""
-    if plan.workers == 1 or len(cells) <= 1:
-        for cell in cells:
-            progress.line(f"CELL {cell_label(*cell)}: training")
-            yield cell, run_cell(plan, *cell, train)
-        return
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=plan.workers, mp_context=context, initializer=worker_ignores_sigint
-    )
-    try:
-        futures = {}
-        for cell in cells:
-            progress.line(f"CELL {cell_label(*cell)}: queued")
-            futures[pool.submit(run_cell, plan, *cell, train)] = cell
-        for future in wait_interruptibly(futures):
-            yield futures[future], future.result()
-    except BaseException:
-        stop_pool(pool)  # now: a running cell would otherwise train on for minutes
-        raise
-    pool.shutdown(wait=True)
+    """Train ``cells`` on ``runner`` and yield each with its result as it finishes.
+
+    Each cell gets its device when it is submitted (:class:`DeviceSlots`) and frees it when
+    it finishes. A cell whose future fails (the worker died or lost its connection: the
+    cell's own errors are recorded by :func:`run_cell`) is recorded by
+    :func:`record_lost_cell` and the others go on.
+    """
+    slots = DeviceSlots(plan.devices or (plan.device,))
+    placed: dict[tuple[str, str, int], tuple[str, float]] = {}
+
+    def arguments(cell: tuple[str, str, int]) -> tuple[Any, ...]:
+        device = slots.acquire()
+        placed[cell] = (device, time.monotonic())
+        action = "training" if runner.window == 1 else "submitted"
+        progress.line(f"CELL {cell_label(*cell)}: {action} on {device}")
+        return (plan, *cell, train, device)
+
+    with runner.executor as executor:
+        for cell, future in completed(executor, run_cell, cells, runner.window, arguments):
+            device, submitted = placed.pop(cell)
+            slots.release(device)
+            try:
+                result = future.result()
+            except Exception as error:  # the worker failed, not the cell's training
+                result = record_lost_cell(plan, *cell, error, time.monotonic() - submitted)
+            yield cell, result

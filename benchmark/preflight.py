@@ -149,6 +149,30 @@ def check_preset(name: str, overrides: Mapping[str, Any] | None = None,
         raise UsageError(f"{option}: {error}") from error
 
 
+def add_scheduler_argument(parser: argparse.ArgumentParser, units: str) -> None:
+    """``--scheduler ADDRESS|FILE``: run ``units`` on a ``dask.distributed`` cluster
+    (:mod:`benchmark.executors`); checked with :func:`check_workers_or_scheduler`."""
+    parser.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS|FILE",
+        help=f"run the {units} on a dask.distributed cluster: its scheduler's address "
+        f"(tcp://host:8786) or scheduler file; the cluster's workers decide how many run at "
+        f"once, so not with --workers (docs/cluster.md)",
+    )  # fmt: skip
+
+
+def check_workers_or_scheduler(workers: int | None, scheduler: str | None) -> None:
+    """``--workers`` (local processes) and ``--scheduler`` (a cluster) exclude each other.
+
+    Raises:
+        UsageError: both were given.
+    """
+    if workers is not None and scheduler is not None:
+        raise UsageError(
+            f"--workers {workers} and --scheduler {scheduler}: the cluster's workers decide how "
+            f"many run at once; drop --workers (or --scheduler to run on this machine)"
+        )
+
+
 def positive_int(text: str) -> int:
     """``argparse`` type: an integer >= 1."""
     try:

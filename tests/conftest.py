@@ -4,6 +4,8 @@
 (every task, every split). ``smoke_matrix``: a tiny benchmark matrix trained on it with the
 smoke preset cut to one epoch (one task; DeepSet-MoE and SchNet train, PaiNN is given an
 invalid model config so that its cell fails), shared by the matrix and report tests.
+``dask_client``: a real ``dask.distributed`` cluster (two worker processes) for the tests of
+the executors, the matrix and the build on a cluster.
 """
 
 from __future__ import annotations
@@ -56,3 +58,24 @@ def smoke_matrix(smoke_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("smoke_matrix")
     run_matrix(smoke_matrix_plan(out, smoke_data), command=["pytest", "smoke_matrix"])
     return out
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A client of a real ``dask.distributed.LocalCluster``: two worker processes of one thread
+    each, the scheduler in this process. ``allowed_failures=0``: a task whose worker dies fails
+    at once with ``KilledWorker`` (dask's default runs it again, up to 3 times), so a test sees
+    what a lost unit leaves behind."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        scheduler_kwargs={"allowed_failures": 0},
+    )
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()

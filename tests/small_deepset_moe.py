@@ -13,25 +13,14 @@ import torch
 from rdkit import Chem
 
 from benchmark.dataset.frames import Frame
+from benchmark.evaluation.smoothness import SMALL_MODEL
 from deepset_moe import DeepSetMoE, DeepSetMoEConfig
 from deepset_moe.batch import Batch, collate
 from deepset_moe.testing import Tolerances, embed_molecule
 
-SMALL_CONFIG: dict[str, Any] = dict(
-    num_radial=6,
-    radial_hidden=16,
-    l_max=2,
-    num_channels=4,
-    species_dim=8,
-    encoder_hidden=32,
-    latent_dim=16,
-    num_experts=4,
-    top_k=2,
-    fragment_dim=8,
-    expert_hidden=16,
-    expert_out_dim=16,
-    readout_hidden=16,
-)
+SMALL_CONFIG: dict[str, Any] = SMALL_MODEL
+"""The small model of the routing, attribution and calculator tests (one definition, shared with
+the smoothness recipes of :mod:`benchmark.evaluation.smoothness`, whose seeds assume it)."""
 
 STABLE_ROUTING_SEED = 4
 """Initialisation seed of :data:`SMALL_CONFIG` models for which, in every router mode, each

@@ -30,7 +30,10 @@ import traceback
 
 from benchmark.interrupts import exit_status, signal_name, sigterm_raises
 
-COMMANDS = ("build", "info", "train", "explain", "run", "report", "fit", "evaluate")
+COMMANDS = (
+    "build", "info", "train", "explain", "run", "report", "ablation", "probe", "fit",
+    "evaluate",
+)
 
 
 EPILOG = (
@@ -61,6 +64,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (exit status 2, one line): see the module docstring."""
     from benchmark.dataset.build import BuildConfigError
     from benchmark.dataset.frames import DataFormatError
+    from benchmark.dataset.probe import ProbeError
     from benchmark.dataset.splits import ManifestError
     from benchmark.dataset.tasks import TaskRuleError
     from benchmark.errors import UsageError
@@ -74,6 +78,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         BuildConfigError,
         DataFormatError,
         ManifestError,
+        ProbeError,
         TaskRuleError,
         PlanMismatchError,
         BatchError,

@@ -8,7 +8,13 @@ from benchmark.dataset.build import build_dataset
 from benchmark.dataset.layout import DEFAULT_DATA_DIR
 from benchmark.dataset.references import REFERENCE_NAMES
 from benchmark.dataset.sampling import GENERATION_PRESETS
-from benchmark.preflight import check_output_dir, positive_int
+from benchmark.executors import scheduler_client
+from benchmark.preflight import (
+    add_scheduler_argument,
+    check_output_dir,
+    check_workers_or_scheduler,
+    positive_int,
+)
 
 MAX_LISTED_FAILURES = 20
 
@@ -33,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--md-calculator", choices=("xtb", "mmff"), default=None,
                         help="method driving the MD (default: the preset's)")
     parser.add_argument("--workers", type=positive_int, default=None,
-                        help="worker processes (default: available cores; 1 = in-process)")
+                        help="worker processes (default: available cores; 1 = in-process; "
+                        "not with --scheduler)")
+    add_scheduler_argument(parser, "trajectories")
     parser.add_argument("--out", default=str(DEFAULT_DATA_DIR),
                         help="output folder (default: %(default)s, the shipped dataset's)")
     parser.add_argument("--seed", type=int, default=0, help="build seed (default: 0)")
@@ -43,15 +51,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
-    summary = build_dataset(
-        args.out,
-        args.preset,
-        args.reference,
-        seed=args.seed,
-        workers=args.workers,
-        md_calculator=args.md_calculator,
-        progress=not args.no_progress,
-    )
+    check_workers_or_scheduler(args.workers, args.scheduler)
+    with scheduler_client(args.scheduler) as client:  # unreachable: UsageError, exit 2
+        summary = build_dataset(
+            args.out,
+            args.preset,
+            args.reference,
+            seed=args.seed,
+            workers=args.workers,
+            executor=client,
+            md_calculator=args.md_calculator,
+            progress=not args.no_progress,
+        )
     print(
         f"{summary.out}: {summary.frames} frames in {summary.trajectories} trajectories "
         f"({summary.computed_trajectories} computed now, {summary.wall_time_s:.1f} s)"

@@ -15,7 +15,7 @@ SETTINGS = (
     "seed", "generator_version", "tasks_version", "status", "total_wall_time_s",
 )
 COLUMNS = (
-    ("task", 13), ("split", 9), ("molecules", 9), ("traj", 6), ("frames", 8), ("atoms", 9),
+    ("task", 13), ("split", 10), ("molecules", 9), ("traj", 6), ("frames", 8), ("atoms", 9),
     ("E/atom mean", 12), ("E/atom std", 11), ("|F| mean", 9), ("|F| max", 8),
 )
 
@@ -51,6 +51,7 @@ def format_statistics(stats: dict[str, Any]) -> str:
     lines += [header, "-" * len(header)]
     for task, splits in stats["tasks"].items():
         lines += [_row(task, split, splits[split]) for split in SPLITS]
+    lines += [_row("probe", family, values) for family, values in stats["probe"].items()]
     lines.append(_row("all", "", stats["all"]))
     return "\n".join(lines)
 

@@ -8,15 +8,24 @@ machine load. The defaults are the README's main job — DeepSet-MoE and two fas
 the four tasks, one seed, the quick preset, two cells at a time — sized for about 30 minutes
 on 2 CPU cores (see ``benchmark.matrix``).
 
+Cells run in --workers local processes, or on a dask.distributed cluster with --scheduler
+(an address such as tcp://host:8786 or a scheduler file; --workers is then refused: the
+cluster's workers decide). --devices cuda:0,cuda:1 places the cells: each cell in flight gets
+the least-busy device of the list, so with --workers at most the number of devices every
+running cell has a GPU of its own. Results, run.json and the report are the same on every
+executor; see docs/cluster.md.
+
 Example::
 
     gmd26 run --out runs/gmd26
     gmd26 run --models deepset_moe schnet --tasks duplication --preset smoke --seeds 2
+    gmd26 run --scheduler tcp://head-node:8786 --devices cuda:0,cuda:1 --preset protocol
 
 Everything is checked before the first cell trains: model names (and that their packages are
-installed), model settings, preset overrides, the data folder, the output folder and, for an
-existing run folder, that the plan has the same protocol. Ctrl-C or SIGTERM stop every worker
-at once; finished cells are kept and the same command continues the rest.
+installed), model settings, preset overrides, devices, the data folder, the output folder,
+that the --scheduler answers and, for an existing run folder, that the plan has the same
+protocol. Ctrl-C or SIGTERM stop every local worker at once (on a cluster, cells not yet
+started are cancelled); finished cells are kept and the same command continues the rest.
 
 Exit status 0 when every cell finished ok, 1 when any cell failed (listed on stderr), 2 when
 the input was refused (nothing trained), 130 or 143 when interrupted.
@@ -33,6 +42,7 @@ from benchmark.cli.train import check_device
 from benchmark.dataset.layout import DEFAULT_DATA_DIR
 from benchmark.dataset.tasks import TASK_NAMES
 from benchmark.errors import UsageError
+from benchmark.executors import scheduler_client
 from benchmark.matrix import (
     DEFAULT_MODELS,
     DEFAULT_PRESET,
@@ -40,14 +50,17 @@ from benchmark.matrix import (
     DEFAULT_TASKS,
     DEFAULT_WORKERS,
     MatrixPlan,
+    device_kind,
     run_matrix,
 )
 from benchmark.preflight import (
+    add_scheduler_argument,
     check_data_dir,
     check_model_settings,
     check_models,
     check_output_dir,
     check_preset,
+    check_workers_or_scheduler,
     positive_float,
     positive_int,
 )
@@ -65,6 +78,14 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
+
+
+def _device_list(text: str) -> tuple[str, ...]:
+    """``argparse`` type of ``--devices``: comma-separated device names."""
+    devices = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not devices:
+        raise argparse.ArgumentTypeError(f"expected devices such as cuda:0,cuda:1, got {text!r}")
+    return devices
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -88,16 +109,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cell-minutes", type=positive_float, default=None,
         help="wall-clock safety cap per cell (default: the preset's); budgets are steps",
     )
-    parser.add_argument("--workers", type=positive_int, default=DEFAULT_WORKERS,
-                        help="cells trained at once (default %(default)s)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help=f"cells trained at once, each in its own process (default "
+                        f"{DEFAULT_WORKERS}; not with --scheduler)")
+    add_scheduler_argument(parser, "cells")
     parser.add_argument("--threads-per-cell", type=positive_int, default=1,
                         help="torch threads per cell (part of the protocol; default 1)")
     parser.add_argument("--preset-overrides", type=_json_object, default={},
                         help='preset fields to change, JSON (e.g. \'{"lr": 0.001}\')')
     parser.add_argument("--model-configs", type=_json_object, default={},
                         help='per-model hyperparameters, JSON {model: {name: value}}')
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="default %(default)s")
+    parser.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                        help="cpu or cuda (part of the protocol; default: the kind of --devices, "
+                        "else cpu)")
+    parser.add_argument("--devices", type=_device_list, default=(), metavar="LIST",
+                        help="devices the cells are placed on, e.g. cuda:0,cuda:1: each cell in "
+                        "flight gets the least-busy one (default: every cell on --device)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="train failed cells again (finished ok cells are always kept)")
     parser.add_argument("--no-report", action="store_true", help="only run the matrix")
@@ -121,9 +148,29 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.cell_minutes is not None:
         overrides.setdefault("max_minutes", args.cell_minutes)
     check_preset(args.preset, overrides)
-    check_device(args.device)
+    check_workers_or_scheduler(args.workers, args.scheduler)
+    args.device = resolve_device(args.device, args.devices)
+    if args.scheduler is None:  # on a cluster, the workers' devices count, not this machine's
+        for device in args.devices or (args.device,):
+            check_device(device, option="--devices" if args.devices else "--device")
     check_data_dir(args.data, args.tasks)
     check_output_dir(args.out)
+
+
+def resolve_device(device: str | None, devices: tuple[str, ...]) -> str:
+    """The device kind of the run: ``--device``, else the kind of ``--devices``, else cpu.
+
+    Raises:
+        UsageError: ``--devices`` mixes kinds or is not of the kind ``--device``.
+    """
+    kinds = sorted({device_kind(name) for name in devices})
+    if len(kinds) > 1 or (device is not None and kinds and kinds != [device]):
+        given = f" and --device {device}" if device is not None and len(kinds) == 1 else ""
+        raise UsageError(
+            f"--devices {','.join(devices)}{given}: devices of one kind are needed (cpu or "
+            f"cuda); list e.g. cuda:0,cuda:1"
+        )
+    return device or (kinds[0] if kinds else "cpu")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,11 +186,13 @@ def run(args: argparse.Namespace) -> int:
         preset_overrides=args.preset_overrides,
         model_configs=args.model_configs,
         device=args.device,
+        devices=args.devices,
         retry_failed=args.retry_failed,
-        workers=args.workers,
+        workers=args.workers or (1 if args.scheduler else DEFAULT_WORKERS),
         threads_per_cell=args.threads_per_cell,
     )
-    summary = run_matrix(plan)  # PlanMismatchError: exit status 2 (benchmark.cli.main)
+    with scheduler_client(args.scheduler) as client:  # unreachable: UsageError, exit 2
+        summary = run_matrix(plan, executor=client)  # PlanMismatchError: exit 2 as well
     failed = [c for c in summary["cells"] if c["status"] != "ok"]
     for cell in failed:
         print(f"failed: {cell['task']}/{cell['model']}/seed{cell['seed']}: {cell['reason']}",

@@ -161,9 +161,17 @@ def _model_settings(text: str | None) -> dict[str, Any]:
 
 
 def check_device(device: str, option: str = "--device") -> None:
-    """``cuda`` needs a CUDA device."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    """``cuda`` needs a CUDA device, ``cuda:N`` the N-th one of this machine."""
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
         raise UsageError(f"{option} {device}: no CUDA device is available here; use cpu")
+    index, count = torch.device(device).index, torch.cuda.device_count()
+    if index is not None and index >= count:
+        raise UsageError(
+            f"{option} {device}: this machine has {count} CUDA device(s), cuda:0 to "
+            f"cuda:{count - 1}; list devices it has"
+        )
 
 
 def _is_rank_zero() -> bool:

@@ -2,12 +2,15 @@
 the failure records, the split manifests and ``build.json``.
 
 A work unit is one (molecule, trajectory) pair
-(:func:`~benchmark.dataset.sampling.generate_trajectory`). Units run on any executor with
-``submit(fn, *args) -> future`` and futures with ``done()`` / ``result()`` (a
-``concurrent.futures`` pool or a ``dask.distributed.Client``). Each finished trajectory is
-written atomically as its own file (:func:`deepset_moe.atomic_io.atomic_write`), so an
-interrupted build resumes where it stopped and ends byte-identical to an uninterrupted one
-(every seed derives from the build seed and the molecule id).
+(:func:`~benchmark.dataset.sampling.generate_trajectory`). Units run in this process, in a
+local process pool or on any executor with ``submit(fn, *args) -> future`` and futures with
+``done()`` / ``result()`` (a ``dask.distributed.Client``, ``gmd26 build --scheduler``:
+:mod:`benchmark.executors`), always with OpenMP on one thread per unit. Units return their
+frames; this process writes each finished trajectory atomically as its own file
+(:func:`deepset_moe.atomic_io.atomic_write`), so an interrupted build, or one that lost a
+worker, resumes where it stopped and ends byte-identical to an uninterrupted one on any
+executor (every seed derives from the build seed and the molecule id). A unit whose worker
+fails is recorded in ``failures.json`` (stage ``setup``) and the others go on.
 
 Every failed frame or trajectory is recorded in ``failures.json`` (molecule, trajectory, step,
 stage, error). File layout: :mod:`benchmark.dataset.layout`.
@@ -24,14 +27,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ase.calculators.calculator import Calculator
 from tqdm import tqdm
@@ -39,6 +41,7 @@ from tqdm import tqdm
 from benchmark.dataset import layout
 from benchmark.dataset.frames import DAMAGED_HINT, DataFormatError, write_frames
 from benchmark.dataset.molecules import MoleculeSpec
+from benchmark.dataset.probe import make_probe_manifest, probe_units, write_probe_manifest
 from benchmark.dataset.references import reference_name
 from benchmark.dataset.sampling import (
     DATA_GENERATOR_VERSION,
@@ -52,7 +55,14 @@ from benchmark.dataset.sampling import (
 )
 from benchmark.dataset.splits import make_manifest, trajectory_id, write_manifest
 from benchmark.dataset.tasks import GENERATOR_VERSION, TASK_NAMES, all_molecules, define_task
-from benchmark.interrupts import signal_name, stop_pool, worker_ignores_sigint
+from benchmark.executors import (
+    Executor,
+    SerialExecutor,
+    as_executor,
+    completed,
+    process_pool,
+)
+from benchmark.interrupts import signal_name, worker_ignores_sigint
 from benchmark.jsonio import write_json
 
 logger = logging.getLogger(__name__)
@@ -65,24 +75,6 @@ STALE_PATTERNS = ("*/*.partial.*", "*/*.partial")
 
 class BuildConfigError(ValueError):
     """An existing output directory was built with other settings; a resume would mix them."""
-
-
-class Executor(Protocol):
-    """What the build needs from an executor (``concurrent.futures`` or ``dask``)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Any: ...
-
-
-class SerialExecutor:
-    """Runs each submitted call at once in this process (``workers <= 1``)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args))
-        except Exception as error:
-            future.set_exception(error)
-        return future
 
 
 @dataclass
@@ -184,34 +176,6 @@ def _collect_failures(out: Path, unit_errors: list[dict[str, Any]]) -> list[dict
     return records
 
 
-def _run_units(
-    executor: Executor,
-    fn: Callable[..., Any],
-    calls: Sequence[tuple[Any, ...]],
-    window: int,
-    on_done: Callable[[tuple[Any, ...], Any], None],
-) -> None:
-    """Submit ``fn(*args)`` for each ``args`` (at most ``window`` in flight) and pass each
-    finished future to ``on_done(args, future)`` as soon as it is done.
-
-    Completion is detected by polling ``future.done()``, which the futures of every executor
-    offer (``concurrent.futures.as_completed`` would reject dask futures).
-    """
-    queue = list(calls)[::-1]
-    pending: list[tuple[Any, tuple[Any, ...]]] = []
-    while queue or pending:
-        while queue and len(pending) < window:
-            args = queue.pop()
-            pending.append((executor.submit(fn, *args), args))
-        finished = [item for item in pending if item[0].done()]
-        if not finished:
-            time.sleep(0.05)
-            continue
-        for item in finished:
-            pending.remove(item)
-            on_done(item[1], item[0])
-
-
 def _count_frames(out: Path, units: Sequence[tuple[MoleculeSpec, int]]) -> tuple[int, int, list]:
     """Frames and atoms stored for ``units``, and the trajectory ids with no (readable) file."""
     frames = atoms = 0
@@ -234,6 +198,26 @@ def _init_worker() -> None:
     """Worker initializer: one thread per library, and Ctrl-C is left to the parent."""
     limit_threads()
     worker_ignores_sigint()
+
+
+def _single_threaded_trajectory(*args: Any) -> TrajectoryResult:
+    """:func:`generate_trajectory` with this thread's OpenMP on one thread: the unit run in
+    this process or on a given executor (a dask worker thread), as a pool process runs it."""
+    with single_threaded_openmp():
+        return generate_trajectory(*args)
+
+
+def _unit_runner(
+    executor: Executor | None, workers: int | None, units: int
+) -> tuple[AbstractContextManager[Executor], Callable[..., TrajectoryResult], int]:
+    """Where the build's units run, the unit function and how many are in flight: the given
+    executor (all units at once), this process (``workers <= 1``) or a process pool."""
+    if executor is not None:
+        return nullcontext(as_executor(executor)), _single_threaded_trajectory, max(1, units)
+    n_workers = _default_workers() if workers is None else workers
+    if n_workers <= 1:
+        return nullcontext(SerialExecutor()), _single_threaded_trajectory, 1
+    return process_pool(n_workers, initializer=_init_worker), generate_trajectory, 2 * n_workers
 
 
 def _check_existing(
@@ -267,6 +251,18 @@ def _write_manifests(out: Path, preset: str, config: dict[str, Any]) -> None:
     for task in TASK_NAMES:
         manifest = make_manifest(define_task(task, preset), n_trajectories, metadata)
         write_manifest(manifest, layout.manifest_path(out, task))
+    write_probe_manifest(make_probe_manifest(preset, metadata), out)
+
+
+def build_units(preset: str, trajectories_per_molecule: int) -> list[tuple[MoleculeSpec, int]]:
+    """``(molecule, trajectory index)`` of every trajectory a build of ``preset`` computes: the
+    molecules of the four tasks, then those of the compositional probe
+    (:mod:`benchmark.dataset.probe`, fewer trajectories each)."""
+    return [
+        (spec, index)
+        for spec in all_molecules(preset)
+        for index in range(trajectories_per_molecule)
+    ] + list(probe_units(preset))
 
 
 def _default_workers() -> int:
@@ -297,7 +293,8 @@ def build_dataset(
         seed: build seed; every conformer and MD seed derives from it.
         workers: processes of the default ``ProcessPoolExecutor`` (default: available cores;
             ``<= 1`` runs in this process). Ignored when ``executor`` is given.
-        executor: any object with ``submit(fn, *args)`` (e.g. a ``dask.distributed.Client``).
+        executor: any object with ``submit(fn, *args)`` (e.g. a ``dask.distributed.Client``:
+            every unit is submitted at once; it is left open).
         md_calculator: overrides the preset's MD driver (``"xtb"`` or ``"mmff"``).
         progress: show a tqdm bar over trajectories.
 
@@ -329,11 +326,7 @@ def build_dataset(
         for pattern in STALE_PATTERNS:
             for stale in (out / layout.FRAMES_DIR).glob(pattern):
                 stale.unlink()
-        units = [
-            (spec, index)
-            for spec in all_molecules(preset)
-            for index in range(settings.trajectories_per_molecule)
-        ]
+        units = build_units(preset, settings.trajectories_per_molecule)
         damaged = _check_existing(out, units, settings)
         todo = [
             (spec, index, settings, reference, seed)
@@ -391,22 +384,10 @@ def build_dataset(
                     )
             bar.update(1)
 
-        if executor is not None:
-            _run_units(executor, generate_trajectory, todo, max(1, len(todo)), on_done)
-        else:
-            n_workers = _default_workers() if workers is None else workers
-            if n_workers <= 1:
-                with single_threaded_openmp():
-                    _run_units(SerialExecutor(), generate_trajectory, todo, 1, on_done)
-            else:
-                context = multiprocessing.get_context("spawn")
-                pool = ProcessPoolExecutor(n_workers, mp_context=context, initializer=_init_worker)
-                try:
-                    _run_units(pool, generate_trajectory, todo, 2 * n_workers, on_done)
-                except BaseException:
-                    stop_pool(pool)  # now, not after the running units
-                    raise
-                pool.shutdown(wait=True)
+        runner, unit, window = _unit_runner(executor, workers, len(todo))
+        with runner as running:  # a pool's workers are stopped at once on any exception
+            for args, future in completed(running, unit, todo, window):
+                on_done(args, future)
         bar.close()
 
         failures = _collect_failures(out, unit_errors)

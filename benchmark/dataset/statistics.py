@@ -21,6 +21,7 @@ from benchmark.dataset.layout import (
     read_trajectory,
     split_trajectories,
 )
+from benchmark.dataset.probe import read_probe_manifest
 from benchmark.dataset.splits import SPLITS
 from benchmark.dataset.tasks import TASK_NAMES
 
@@ -61,7 +62,8 @@ def dataset_statistics(data_dir: str | Path) -> dict[str, Any]:
     """Counts and label statistics of a built dataset, per task and split.
 
     Returns:
-        ``{"build": build.json, "failures": n, "all": stats, "tasks": {task: {split: stats}}}``
+        ``{"build": build.json, "failures": n, "all": stats, "tasks": {task: {split: stats}},
+        "probe": {family: stats}}`` (``probe`` empty for data without the compositional probe)
         where ``stats`` holds ``molecules``, ``trajectories``, ``frames``, ``atoms`` and
         mean/std/min/max of the total energy (eV), energy per atom (eV), force components and
         force norms (eV/Å). ``all`` covers every stored trajectory once. Each trajectory file is
@@ -91,9 +93,15 @@ def dataset_statistics(data_dir: str | Path) -> dict[str, Any]:
         (path.parent.name, int(path.name.removesuffix(TRAJECTORY_SUFFIX)[1:]))
         for path in (data_dir / FRAMES_DIR).glob(f"*/t*{TRAJECTORY_SUFFIX}")
     )
+    probe = read_probe_manifest(data_dir)
+    families = {}
+    for entry in probe["molecules"] if probe else ():
+        pairs = [(entry["molecule_id"], index) for index in entry["trajectories"]]
+        families.setdefault(entry["family"], []).extend(pairs)
     return {
         "build": build,
         "failures": len(read_failures(data_dir)),
         "all": _frame_statistics(frames_of(stored)),
         "tasks": tasks,
+        "probe": {family: _frame_statistics(frames_of(pair)) for family, pair in families.items()},
     }

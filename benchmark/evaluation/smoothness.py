@@ -77,7 +77,7 @@ SMALL_MODEL: dict[str, Any] = dict(
     readout_hidden=16,
 )
 """Settings of the small DeepSet-MoE of both recipes (a few thousand parameters; the
-``SMALL_CONFIG`` of ``tests/small_deepset_moe.py`` when the seeds below were chosen). The
+``SMALL_CONFIG`` of ``tests/small_deepset_moe.py`` is this dict). The
 seeds are tied to these settings: change one and they must be chosen again."""
 
 POSITION_DEPENDENT_MODES = ("learned", "hybrid", "spatial")

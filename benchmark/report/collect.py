@@ -20,6 +20,7 @@ import numpy as np
 from benchmark.dataset.tasks import TASK_NAMES
 from benchmark.evaluation.metrics import METRIC_NAMES
 from benchmark.evaluation.predictions import Predictions
+from benchmark.evaluation.probe import PROBE_FILE
 from benchmark.matrix import RESULT_FILE, RUN_JSON, TEST_SPLITS
 from deepset_moe.fragments import FRAGMENT_NAMES
 
@@ -38,6 +39,9 @@ def collect_results(run_dir: str | Path) -> dict[str, dict[str, list[dict[str, A
     for path in sorted(run_dir.glob(f"*/*/seed*/{RESULT_FILE}")):
         result = json.loads(path.read_text())
         result["cell_dir"] = str(path.parent)
+        probe = path.parent / PROBE_FILE
+        if probe.exists():
+            result["probe"] = json.loads(probe.read_text())
         grouped.setdefault(result["task"], {}).setdefault(result["model"], []).append(result)
     plan = _run_plan(run_dir)
     model_order = list(plan.get("models", []))
@@ -99,6 +103,30 @@ def summarise_model(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ),
         "wall_seconds": aggregate([r.get("wall_seconds") for r in ok]),
         "epochs": aggregate([r.get("training", {}).get("epochs") for r in ok]),
+        "probe": summarise_probe(ok),
+    }
+
+
+def summarise_probe(ok: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Probe metrics and probe/ID ratios per family (``all`` included) over the seeds scored
+    on the probe (:mod:`benchmark.evaluation.probe`), or ``None`` when none was."""
+    scored = [r["probe"] for r in ok if "probe" in r]
+    if not scored:
+        return None
+    families = list(dict.fromkeys(f for probe in scored for f in probe["metrics"]))
+    return {
+        "seeds": [r["seed"] for r in ok if "probe" in r],
+        "molecules": {f: len(scored[0]["molecules"].get(f, ())) for f in families if f != "all"},
+        **{
+            key: {
+                family: {
+                    name: aggregate([p.get(key, {}).get(family, {}).get(name) for p in scored])
+                    for name in METRIC_NAMES
+                }
+                for family in families
+            }
+            for key in ("metrics", "ratio_to_id")
+        },
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from benchmark.report.tables import (
     COMPARISON_READING,
+    PROBE_READING,
     attribution_table,
     comparison_table,
     cost_table,
@@ -21,6 +22,7 @@ from benchmark.report.tables import (
     fragment_table,
     gmd26_table,
     headline_table,
+    probe_table,
     routing_table,
     stability_table,
 )
@@ -123,6 +125,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             cost_table(models),
             "",
         ]
+        if any(s.get("probe") for s in models.values()):
+            out += ["### Compositional probe (molecules no task lists)", "", PROBE_READING, ""]
+            out += [probe_table(models), ""]
         figs = section["figures"]
         if "parity" in figs:
             out += ["### Parity", "", f"![parity]({figs['parity']})", ""]

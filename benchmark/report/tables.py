@@ -14,7 +14,7 @@ from benchmark.evaluation.metrics import METRIC_LABELS, METRIC_NAMES
 from deepset_moe.fragments import FRAGMENT_NAMES
 
 
-def _number(value: float | None) -> str:
+def format_number(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     return f"{value:.3g}"
@@ -24,8 +24,8 @@ def _mean_std(stats: Mapping[str, Any]) -> str:
     if stats["mean"] is None:
         return "–"
     if stats["std"] is None:
-        return _number(stats["mean"])
-    return f"{_number(stats['mean'])} ± {_number(stats['std'])}"
+        return format_number(stats["mean"])
+    return f"{format_number(stats['mean'])} ± {format_number(stats['std'])}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -91,7 +91,7 @@ def headline_table(tasks: Mapping[str, dict[str, Any]]) -> str:
                 row.append("–" if summary is None else "failed")
                 continue
             id_, ood, ratio = (
-                _number(summary["metrics"][split]["force_mae"]["mean"])
+                format_number(summary["metrics"][split]["force_mae"]["mean"])
                 for split in ("id", "ood", "ratio")
             )
             row.append(f"{id_} / {ood} ({ratio}×)")
@@ -106,7 +106,8 @@ def fragment_table(models: Mapping[str, dict[str, Any]]) -> str:
         row = [fragment]
         for summary in models.values():
             split = summary["per_fragment_force_mae"]
-            row.append(f"{_number(split['id'][fragment])} / {_number(split['ood'][fragment])}")
+            id_error, ood_error = split["id"][fragment], split["ood"][fragment]
+            row.append(f"{format_number(id_error)} / {format_number(ood_error)}")
         rows.append(row)
     return markdown_table(["fragment", *[f"{m} ID / OOD" for m in models]], rows)
 
@@ -117,9 +118,9 @@ def extrapolation_table(analyses: Mapping[str, dict[str, Any]]) -> str:
     rows = [
         [
             name,
-            _number(a["id_mae"]),
-            _number(a["ood_mae_in_range"]),
-            _number(a["ood_mae_beyond"]),
+            format_number(a["id_mae"]),
+            format_number(a["ood_mae_in_range"]),
+            format_number(a["ood_mae_beyond"]),
             f"{100 * a['ood_fraction_beyond']:.0f} %",
         ]
         for name, a in analyses.items()
@@ -157,7 +158,7 @@ def routing_table(summary: Mapping[str, Any]) -> str:
     """DeepSet-MoE routing metrics ID vs OOD, then the ID↔OOD Jensen-Shannon divergence (bits)
     of the expert distribution of each fragment."""
     rows = [
-        [label, _number(summary["id"][key]), _number(summary["ood"][key])]
+        [label, format_number(summary["id"][key]), format_number(summary["ood"][key])]
         for key, label in (
             ("load_balance_cv", "load balance (CV of utilisation)"),
             ("entropy_normalised", "routing entropy / ln K"),
@@ -167,7 +168,7 @@ def routing_table(summary: Mapping[str, Any]) -> str:
     js = summary["js_divergence"]
     divergence = markdown_table(
         ["Jensen-Shannon divergence ID↔OOD (bits)", *js],
-        [["expert distribution per fragment", *(_number(value) for value in js.values())]],
+        [["expert distribution per fragment", *(format_number(value) for value in js.values())]],
     )
     return markdown_table(["routing metric", "ID", "OOD"], rows) + "\n\n" + divergence
 
@@ -196,14 +197,14 @@ COMPARISON_READING = (
 """The sentence printed under every comparison table."""
 
 
-def _decades(value: float | None) -> str:
+def format_decades(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     text = f"{value:+.2f}"
     return "0.00" if text in ("+0.00", "-0.00") else text.replace("-", "−")
 
 
-def _with_std(mean: float | None, std: float | None, number=_number) -> str:
+def _with_std(mean: float | None, std: float | None, number=format_number) -> str:
     if mean is None or not math.isfinite(mean):
         return "–"
     if std is None or not math.isfinite(std):
@@ -225,7 +226,7 @@ def comparison_table(comparison: Mapping[str, Any], failed: Sequence[str] = ()) 
         "ID force MAE",
         "OOD force MAE",
         "OOD/ID",
-        *[f"OOD at ID {_number(level)} eV/Å" for level in levels],
+        *[f"OOD at ID {format_number(level)} eV/Å" for level in levels],
         "effective robustness, decades (factor)",
     ]
     if not levels:
@@ -249,10 +250,48 @@ def comparison_table(comparison: Mapping[str, Any], failed: Sequence[str] = ()) 
             row.append("no common level" if name in matched["models"] else "no curve")
         residual = robustness["residual"][name]
         factor = robustness["factor"][name]
-        cell = _with_std(residual, robustness["residual_std"][name], _decades)
+        cell = _with_std(residual, robustness["residual_std"][name], format_decades)
         if cell != "–" and factor is not None and math.isfinite(factor):
             cell += f" ({factor:.2f}×)"
         rows.append([*row, cell])
     for name in failed:
         rows.append([f"{name} (no seed finished ok)", *["–"] * (len(header) - 1)])
+    return markdown_table(header, rows)
+
+
+PROBE_READING = (
+    "Each model of this task scored on the probe (`gmd26 probe`, `benchmark.dataset.probe`): "
+    "long chains (n = 8, 10) carrying a group on both ends, the same group twice (long_di) or "
+    "two different ones (long_mixed). No task lists these molecules; every fragment of the "
+    "eligible ones occurs in this task's training set. Force MAE in eV/Å; probe/ID divides by "
+    "the same cell's ID test error. For duplication models the probe's energy carries the "
+    "task's unidentifiable constant (docs/tasks.md): compare them by forces."
+)
+
+
+def probe_table(models: Mapping[str, dict[str, Any]]) -> str:
+    """Force MAE (eV/Å) on the compositional probe per model: ID, the task's OOD, the probe per
+    family and over all families, and probe/ID, mean ± std over the seeds scored."""
+    scored = {name: s for name, s in models.items() if s.get("probe")}
+    families = list(
+        dict.fromkeys(f for s in scored.values() for f in s["probe"]["metrics"] if f != "all")
+    )
+    rows = []
+    for name, summary in scored.items():
+        probe = summary["probe"]
+        row = [
+            f"{name} ({len(probe['seeds'])})",
+            _mean_std(summary["metrics"]["id"]["force_mae"]),
+            _mean_std(summary["metrics"]["ood"]["force_mae"]),
+        ]
+        for family in (*families, "all"):
+            stats = probe["metrics"].get(family)
+            row.append(_mean_std(stats["force_mae"]) if stats else "–")
+        row.append(_mean_std(probe["ratio_to_id"]["all"]["force_mae"]))
+        row.append(_mean_std(probe["ratio_to_id"]["all"]["energy_per_atom_mae"]))
+        rows.append(row)
+    header = [
+        "model (seeds)", "ID", "task OOD", *(f"probe {f}" for f in families), "probe all",
+        "probe/ID forces", "probe/ID energy per atom",
+    ]
     return markdown_table(header, rows)

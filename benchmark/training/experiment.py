@@ -14,6 +14,8 @@ file                           content
 ``predictions_<split>.npz``    ``benchmark.evaluation.predictions.Predictions``, id/ood test
 ``curve.json``                 the ID-OOD curve: step, ID (validation subset) and OOD (fixed
                                subset) force MAE and energy MAE per atom after every round
+``probe.json``                 the best weights scored on the compositional probe
+                               (:mod:`benchmark.evaluation.probe`; when the data have one)
 ``train.log``, ``tensorboard``  training log and TensorBoard events
 =============================  ===============================================================
 
@@ -47,6 +49,7 @@ from benchmark.dataset.tasks import TASK_NAMES
 from benchmark.errors import ResumeMismatchError, RunFolderError
 from benchmark.evaluation.metrics import generalisation_gap
 from benchmark.evaluation.predictions import Predictions
+from benchmark.evaluation.probe import PROBE_FILE, score_cell
 from benchmark.jsonio import json_safe, write_json
 from benchmark.training.distributed import DistributedContext, init_from_environment
 from benchmark.training.loaders import seeded_subset
@@ -85,7 +88,10 @@ def run_outputs(out_dir: str | Path) -> list[Path]:
     """The files and folders a run writes in ``out_dir`` that exist now (what ``overwrite``
     deletes; nothing else in the folder is touched)."""
     out_dir = Path(out_dir)
-    names = (METRICS_FILE, CURVE_FILE, BEST_CHECKPOINT, LAST_CHECKPOINT, LOG_FILE, TENSORBOARD_DIR)
+    names = (
+        METRICS_FILE, CURVE_FILE, PROBE_FILE, BEST_CHECKPOINT, LAST_CHECKPOINT, LOG_FILE,
+        TENSORBOARD_DIR,
+    )
     paths = [out_dir / name for name in names]
     paths += [predictions_path(out_dir, split) for split in TEST_SPLITS]
     return [path for path in paths if path.exists()]
@@ -384,6 +390,8 @@ def _train_and_evaluate(
         # everything needed to resume.
         strip_training_state(trainer.best_checkpoint, trainer.best_checkpoint)
     split_metrics = {split: p.metrics() for split, p in predictions.items()}
+    identity = {"task": task, "model": model_name, "seed": seed, "metrics": split_metrics}
+    score_cell(out_dir, data_dir, trainer.evaluate, result=identity, write=context.is_main)
     return {
         "metrics": {
             **split_metrics,

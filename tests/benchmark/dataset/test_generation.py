@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +20,17 @@ from ase.calculators.lj import LennardJones
 from benchmark.cli import build as build_command
 from benchmark.cli import info as info_command
 from benchmark.dataset import layout
-from benchmark.dataset.build import BuildConfigError, SerialExecutor, build_dataset
+from benchmark.dataset.build import BuildConfigError, SerialExecutor, build_dataset, build_units
 from benchmark.dataset.references import get_calculator
 from benchmark.dataset.sampling import GENERATION_PRESETS, derive_seed, single_threaded_openmp
-from benchmark.dataset.splits import SPLITS, read_manifest
+from benchmark.dataset.splits import SPLITS, read_manifest, trajectory_id
 from benchmark.dataset.statistics import dataset_statistics
 from benchmark.dataset.tasks import TASK_NAMES, all_molecules
+from benchmark.executors import as_executor
 from deepset_moe.fragments import NUM_FRAGMENTS, fragments_from_smiles
 
 SMOKE = GENERATION_PRESETS["smoke"]
-N_SMOKE_TRAJECTORIES = len(all_molecules("smoke")) * SMOKE.trajectories_per_molecule
+N_SMOKE_TRAJECTORIES = len(build_units("smoke", SMOKE.trajectories_per_molecule))
 
 
 def stored_bytes(out: Path) -> dict[str, bytes]:
@@ -126,17 +129,7 @@ class PollOnlyFuture:
         return self._inner.result()
 
 
-class ForeignExecutor:
-    """Not a ``concurrent.futures.Executor``: ``submit`` returns foreign futures (like dask)."""
-
-    def __init__(self, pool: ThreadPoolExecutor):
-        self._pool = pool
-
-    def submit(self, fn, *args):
-        return PollOnlyFuture(self._pool.submit(fn, *args))
-
-
-def test_resume_after_lost_files_with_foreign_executor(smoke_dir, tmp_path):
+def test_resume_after_lost_files_on_a_dask_cluster(smoke_dir, tmp_path, dask_client):
     out = tmp_path / "resumed"
     shutil.copytree(smoke_dir, out)
     removed = sorted((out / "frames").glob("*/t*.xyz.gz"))[::5]
@@ -147,10 +140,7 @@ def test_resume_after_lost_files_with_foreign_executor(smoke_dir, tmp_path):
     strays = [out / "frames" / "oh-c1" / name for name in names]
     for stray in strays:
         stray.write_bytes(b"half-written")
-    with ThreadPoolExecutor(2) as pool:
-        summary = build_dataset(
-            out, "smoke", "mmff", executor=ForeignExecutor(pool), progress=False
-        )
+    summary = build_dataset(out, "smoke", "mmff", executor=dask_client, progress=False)
     assert summary.computed_trajectories == len(removed)
     assert not any(stray.exists() for stray in strays)
     assert stored_bytes(out) == stored_bytes(smoke_dir)
@@ -190,10 +180,61 @@ def test_interrupted_build_resumes_to_identical_data(smoke_dir, tmp_path):
     assert layout.read_build_info(out)["status"] == "complete"
 
 
-def test_process_pool_build_is_identical(smoke_dir, tmp_path):
+def test_process_pool_and_dask_builds_are_identical(smoke_dir, tmp_path, dask_client):
+    """In this process, in a pool of two processes, on a real dask cluster: the same bytes."""
     summary = build_dataset(tmp_path / "pool", "smoke", "mmff", workers=2, progress=False)
     assert summary.ok
     assert stored_bytes(tmp_path / "pool") == stored_bytes(smoke_dir)
+    summary = build_dataset(tmp_path / "dask", "smoke", "mmff", executor=dask_client,
+                            progress=False)  # fmt: skip
+    assert summary.ok and summary.computed_trajectories == N_SMOKE_TRAJECTORIES
+    assert stored_bytes(tmp_path / "dask") == stored_bytes(tmp_path / "pool")
+
+
+def unit_killing_its_worker(victim: str, frames: str, fn, *args):
+    """The build's unit, except that trajectory ``victim`` kills its dask worker process
+    (SIGKILL) once a first trajectory has landed in ``frames``."""
+    spec, index = args[0], args[1]
+    if trajectory_id(spec.molecule_id, index) == victim:
+        deadline = time.monotonic() + 60
+        while not any(Path(frames).glob("*/t*.xyz.gz")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fn(*args)
+
+
+class WorkerKillingExecutor:
+    """The real dask client, running :func:`unit_killing_its_worker` around every unit."""
+
+    def __init__(self, client, victim: str, frames: Path):
+        self.dask, self.victim, self.frames = as_executor(client), victim, str(frames)
+
+    def submit(self, fn, *args):
+        return self.dask.submit(unit_killing_its_worker, self.victim, self.frames, fn, *args)
+
+
+def test_a_killed_dask_worker_loses_no_finished_trajectory(smoke_dir, tmp_path, dask_client):
+    """A worker dies mid-build: its unit is recorded (``KilledWorker``) and missing, every
+    finished trajectory is kept, and resuming on the cluster computes only the lost units,
+    rewrites no finished file and ends byte-identical to an uninterrupted build."""
+    out = tmp_path / "killed"
+    spec, index = build_units("smoke", SMOKE.trajectories_per_molecule)[N_SMOKE_TRAJECTORIES // 2]
+    victim = trajectory_id(spec.molecule_id, index)
+    executor = WorkerKillingExecutor(dask_client, victim, out / "frames")
+    summary = build_dataset(out, "smoke", "mmff", executor=executor, progress=False)
+    assert not summary.ok and victim in summary.missing
+    assert any(r["stage"] == "setup" and "KilledWorker" in r["error"] for r in summary.failures)
+    assert layout.read_build_info(out)["status"] == "incomplete"
+    finished = {
+        path: (path.stat().st_ino, path.stat().st_mtime_ns)
+        for path in (out / "frames").glob("*/t*.xyz.gz")
+    }
+    assert len(finished) == N_SMOKE_TRAJECTORIES - len(summary.missing) > 0
+    resumed = build_dataset(out, "smoke", "mmff", executor=dask_client, progress=False)
+    assert resumed.ok and resumed.computed_trajectories == len(summary.missing)
+    assert all((p.stat().st_ino, p.stat().st_mtime_ns) == stamp for p, stamp in finished.items())
+    assert stored_bytes(out) == stored_bytes(smoke_dir)
+    assert layout.read_build_info(out)["status"] == "complete"
 
 
 def test_resume_with_other_settings_is_refused(smoke_dir, tmp_path):
@@ -277,7 +318,9 @@ def test_load_split_names_a_missing_trajectory(smoke_dir, tmp_path):
 def test_statistics_and_cli(smoke_dir, capsys):
     stats = dataset_statistics(smoke_dir)
     assert stats["all"]["frames"] == layout.read_build_info(smoke_dir)["counts"]["frames"]
-    assert stats["all"]["molecules"] == len(all_molecules("smoke"))
+    assert stats["all"]["molecules"] == len(all_molecules("smoke")) + 3  # + the probe's
+    assert stats["probe"]["long_di"]["molecules"] == 2
+    assert stats["probe"]["long_mixed"]["trajectories"] == 2
     for task in TASK_NAMES:
         frames = sum(stats["tasks"][task][split]["frames"] for split in SPLITS)
         assert 0 < frames <= stats["all"]["frames"]
@@ -290,6 +333,7 @@ def test_statistics_and_cli(smoke_dir, capsys):
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert all(task in printed for task in TASK_NAMES) and "ood_test" in printed
+    assert "probe          long_mixed " in printed
     # re-running the finished build computes nothing and exits 0
     args = parser.parse_args(
         [

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from benchmark.dataset import layout
+from benchmark.dataset.probe import PROBE_TRAJECTORIES, probe_molecules, read_probe_manifest
 from benchmark.dataset.splits import read_manifest
 from benchmark.dataset.tasks import TASK_NAMES
 from deepset_moe.fragments import fragments_from_geometry
 
 SHIPPED = layout.DEFAULT_DATA_DIR
+PROBE_IDS = {m.molecule_id for m in probe_molecules("standard")}
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +30,8 @@ def test_size_and_completeness(build_info: dict) -> None:
     assert counts["molecules"] >= 100 and counts["frames"] >= 20_000
     assert counts["failures"] == 0 and counts["missing_trajectories"] == 0
     assert layout.read_failures(SHIPPED) == []
+    probe = read_probe_manifest(SHIPPED)  # the compositional probe ships with the data
+    assert {entry["molecule_id"] for entry in probe["molecules"]} == PROBE_IDS
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)
@@ -50,9 +54,13 @@ def test_last_frames_keep_the_molecule_topology(build_info: dict) -> None:
     last frame of one trajectory per molecule give exactly the stored fragment labels."""
     molecule_ids = sorted(p.name for p in (SHIPPED / "frames").iterdir())
     assert len(molecule_ids) == build_info["counts"]["molecules"]
-    last = build_info["trajectories_per_molecule"] - 1
     for molecule_id in molecule_ids:
-        frame = layout.read_trajectory(SHIPPED, molecule_id, last)[-1]
+        last = (
+            PROBE_TRAJECTORIES
+            if molecule_id in PROBE_IDS
+            else build_info["trajectories_per_molecule"]
+        )
+        frame = layout.read_trajectory(SHIPPED, molecule_id, last - 1)[-1]
         assert frame.fragment.shape == frame.numbers.shape
         perceived = fragments_from_geometry(frame.numbers, frame.positions)
         np.testing.assert_array_equal(perceived, frame.fragment, err_msg=molecule_id)

@@ -42,6 +42,9 @@ def test_markdown_tables_have_the_gmd26_columns(smoke_matrix, report):
     assert "| routing metric | ID | OOD |" in text
     assert "| fragment | ID atoms | ID meV/atom | OOD atoms | OOD meV/atom |" in text
     assert "`painn` seed 0: " in text and "no_such_hyperparameter" in text
+    assert "### Compositional probe (molecules no task lists)" in text
+    header = "| model (seeds) | ID | task OOD | probe long_di | probe long_mixed | probe all |"
+    assert header in text
     for line in text.splitlines():
         if line.startswith("|"):
             assert line.endswith("|"), line
@@ -60,6 +63,13 @@ def test_json_numbers_match_the_cells(smoke_matrix, report):
         cell["metrics"]["gap"]["force_mae"]
     )
     assert stored["tasks"]["duplication"]["models"]["painn"]["seeds_ok"] == []
+    probe = json.loads(
+        (cell_dir(smoke_matrix, "duplication", "schnet", 0) / "probe.json").read_text()
+    )
+    assert schnet["probe"]["molecules"] == {"long_di": 2, "long_mixed": 1}
+    assert schnet["probe"]["ratio_to_id"]["all"]["force_mae"]["mean"] == pytest.approx(
+        probe["ratio_to_id"]["all"]["force_mae"]
+    )
     assert stored["headline"]["duplication"]["schnet"]["id"] == pytest.approx(
         cell["metrics"]["id_test"]["force_mae"]
     )
