@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.dataset.layout import DEFAULT_DATA_DIR
-from benchmark.dataset.tasks import TASK_NAMES
+from benchmark.dataset.tasks import ENERGY_NOT_IDENTIFIED, TASK_NAMES
 from benchmark.evaluation.cell_analysis import cell_has_routing, checkpoint_path, model_routing
 from benchmark.jsonio import json_safe, write_json
 from benchmark.report import figures
@@ -77,12 +77,14 @@ def _mean(values: Sequence[float | None]) -> float:
 def across_tasks(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per variant, over the tasks it finished: mean and worst OOD/ID (forces), the mean
     effective robustness (decades), the geometric mean of its ID force MAE relative to the best
-    variant of each task, and the mean probe/ID force ratio."""
+    variant of each task, the mean probe/ID force ratio, and the worst energy-per-atom OOD/ID
+    over the tasks whose training set identifies the OOD energies
+    (:data:`benchmark.dataset.tasks.ENERGY_NOT_IDENTIFIED`)."""
     variants = list(dict.fromkeys(v for t in tasks.values() for v in t["comparison"]["models"]))
     rows: dict[str, dict[str, Any]] = {}
     for variant in variants:
-        ratios, residuals, relative_id, probe = [], [], [], []
-        for section in tasks.values():
+        ratios, residuals, relative_id, probe, energy = [], [], [], [], []
+        for task, section in tasks.items():
             comparison = section["comparison"]
             if variant not in comparison["models"]:
                 continue
@@ -91,6 +93,9 @@ def across_tasks(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, 
             residuals.append(comparison["effective_robustness"]["residual"][variant])
             best = min(final[v]["id"]["mean"] for v in comparison["models"])
             relative_id.append(final[variant]["id"]["mean"] / best)
+            if task not in ENERGY_NOT_IDENTIFIED:
+                stats = section["variants"][variant]["metrics"]["ratio"]["energy_per_atom_mae"]
+                energy.append(stats["mean"])
             summary = section["variants"][variant].get("probe")
             if summary:
                 probe.append(summary["ratio_to_id"]["all"]["force_mae"]["mean"])
@@ -104,6 +109,9 @@ def across_tasks(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, 
             if relative_id
             else math.nan,
             "mean_probe_ratio": _mean(probe),
+            "worst_identified_energy_ratio": max(
+                (e for e in energy if e is not None and math.isfinite(e)), default=math.nan
+            ),
             "params": next(
                 (t["variants"][variant]["params"] for t in tasks.values()
                  if variant in t["variants"]),
@@ -118,7 +126,7 @@ def across_tasks_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     header = [
         "variant", "parameters", "tasks", "OOD/ID forces, mean", "OOD/ID, worst task",
         "effective robustness, mean decades", "ID force MAE / best variant's (geo. mean)",
-        "probe/ID forces, mean",
+        "probe/ID forces, mean", "E/atom OOD/ID, worst task that identifies it",
     ]
     body = [
         [
@@ -130,6 +138,7 @@ def across_tasks_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
             format_decades(row["mean_effective_robustness"]),
             format_number(row["id_relative_to_best"]),
             format_number(row["mean_probe_ratio"]),
+            format_number(row["worst_identified_energy_ratio"]),
         ]
         for name, row in rows.items()
     ]

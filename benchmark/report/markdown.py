@@ -120,6 +120,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "",
             gmd26_table(models),
             "",
+        ]
+        if section.get("energy_not_identified"):
+            out += [f"Energy ratios of this task: {section['energy_not_identified']}.", ""]
+        out += [
             "### Cost",
             "",
             cost_table(models),

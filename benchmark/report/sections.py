@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.dataset.frames import Frame
-from benchmark.dataset.tasks import RULES
+from benchmark.dataset.tasks import ENERGY_NOT_IDENTIFIED, RULES
 from benchmark.evaluation.cell_analysis import (
     cell_has_routing,
     model_attribution,
@@ -182,6 +182,7 @@ def task_section(
     comparison = task_comparison(results, options.matched_levels)
     report: dict[str, Any] = {
         "rule": RULES.get(task, ""),
+        "energy_not_identified": ENERGY_NOT_IDENTIFIED.get(task),
         "models": models,
         "comparison": comparison,
         "figures": {},

@@ -63,9 +63,7 @@ VALID_NAME = "valid"
 E0_MODES = ("fit", "average", "isolated", "none")
 SPLIT_MODES = ("frame", "molecule")
 FRAGMENT_ROUTER_MODES = ("fragment", "hybrid")
-FRAGMENT_FREE_ROUTER_MODE = "learned"
-"""Router mode chosen for a DeepSet-MoE whose data have no fragment labels (when the config
-does not name one)."""
+"""DeepSet-MoE router modes that read fragment labels (refused for data without labels)."""
 RESERVED_PRESET_FIELDS = {
     "name": "give the preset as training.preset",
     "e0": "give E0 as the top-level e0 (fit, average, isolated, none or a table)",
@@ -750,17 +748,11 @@ def _model_settings(
     if "router_mode" in defaults:
         mode = options.get("router_mode", defaults["router_mode"])
         if source == "none" and mode in FRAGMENT_ROUTER_MODES:
-            if "router_mode" in options:
-                raise FitConfigError(
-                    f"model.router_mode {mode!r} reads fragment labels, but the data have none "
-                    f"(fragments: none); set fragments: perceive (bond perception from the "
-                    f"geometry) or fragments: array (labels in the file), or choose "
-                    f"router_mode learned, identity or spatial"
-                )
-            options["router_mode"] = FRAGMENT_FREE_ROUTER_MODE
-            notes.append(
-                f"model.router_mode: {FRAGMENT_FREE_ROUTER_MODE} (the default {mode!r} reads "
-                f"fragment labels and the data have none)"
+            raise FitConfigError(
+                f"model.router_mode {mode!r} reads fragment labels, but the data have none "
+                f"(fragments: none); set fragments: perceive (bond perception from the "
+                f"geometry) or fragments: array (labels in the file), or choose "
+                f"router_mode identity (the default), learned or spatial"
             )
     if vocabulary is not None and "fragments" in defaults:
         options["fragments"] = vocabulary.to_dict()

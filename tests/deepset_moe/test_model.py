@@ -301,7 +301,7 @@ def test_training_forces_are_differentiable(molecules):
 
 
 def test_bad_inputs_raise_clear_errors(molecules):
-    model = small_model().double().eval()
+    model = small_model(router_mode="hybrid").double().eval()  # a mode that reads labels
     chlorine = dict(molecules, z=molecules["z"].clone())
     chlorine["z"][0] = 17
     with pytest.raises(ValueError, match=r"\[17\]"):
@@ -313,8 +313,9 @@ def test_bad_inputs_raise_clear_errors(molecules):
     without_fragment = {key: value for key, value in molecules.items() if key != "fragment"}
     with pytest.raises(KeyError, match="fragment"):
         model(without_fragment)
-    learned = small_model(router_mode="learned").double().eval()
-    assert learned(without_fragment)["energy"].shape == (molecules["ptr"].numel() - 1,)
+    for mode in ("learned", "identity"):  # identity: the default
+        unlabelled = small_model(router_mode=mode).double().eval()
+        assert unlabelled(without_fragment)["energy"].shape == (molecules["ptr"].numel() - 1,)
     with pytest.raises(ValueError, match="atom_weights"):
         model(dict(molecules, atom_weights=torch.ones(3, dtype=torch.float64)))
 

@@ -284,9 +284,12 @@ def test_matched_no_moe_config_matches_the_parameter_count() -> None:
         per_hidden = config.latent_dim + 1 + config.expert_out_dim
         assert abs(matched - reference) <= per_hidden / 2
     default = matched_no_moe_config()
-    assert default.expert_hidden == 521
-    assert count_parameters(DeepSetMoE(DeepSetMoEConfig())) == 193_480
-    assert count_parameters(DeepSetMoE(default)) == 193_481
+    assert default.expert_hidden == 515
+    assert count_parameters(DeepSetMoE(DeepSetMoEConfig())) == 192_392
+    assert count_parameters(DeepSetMoE(default)) == 192_323
+    hybrid = DeepSetMoEConfig(router_mode="hybrid")  # the ablation's router_none control
+    assert matched_no_moe_config(hybrid).expert_hidden == 521
+    assert count_parameters(DeepSetMoE(hybrid)) == 193_480
 
 
 def dataclasses_equal_except(first: DeepSetMoEConfig, second: DeepSetMoEConfig, keys) -> bool:
@@ -312,7 +315,7 @@ def test_aux_loss_trains_the_new_routers(router_mode: str, molecules) -> None:
 def test_gate_settings_and_their_defaults() -> None:
     assert GATES == ("smooth_topk", "topk")
     config = DeepSetMoEConfig()
-    assert config.gate == "smooth_topk" and config.router_mode == "hybrid"
+    assert config.gate == "smooth_topk" and config.router_mode == "identity"
     assert DeepSetMoEConfig.from_dict(config.to_dict()) == config
     assert DeepSetMoE.default_settings()["gate"] == "smooth_topk"
     legacy = config.to_dict()

@@ -43,6 +43,7 @@ def test_markdown_tables_have_the_gmd26_columns(smoke_matrix, report):
     assert "| fragment | ID atoms | ID meV/atom | OOD atoms | OOD meV/atom |" in text
     assert "`painn` seed 0: " in text and "no_such_hyperparameter" in text
     assert "### Compositional probe (molecules no task lists)" in text
+    assert "Energy ratios of this task: the training set does not identify" in text
     header = "| model (seeds) | ID | task OOD | probe long_di | probe long_mixed | probe all |"
     assert header in text
     for line in text.splitlines():

@@ -146,11 +146,9 @@ def test_elements_and_routing_come_from_the_data(data):
     plan = plan_of(config(data))  # no fragment array in the files: fragments auto -> none
     assert plan.fragment_source == "none"
     assert plan.model_settings["atomic_numbers"] == [1, 6, 8, 9, 17]
-    assert plan.model_settings["router_mode"] == "learned"  # the default hybrid needs fragments
-    assert any("router_mode" in note for note in plan.notes)
-
-    identity = plan_of(config(data, model={"name": "deepset_moe", "router_mode": "identity"}))
-    assert identity.model_settings["router_mode"] == "identity"
+    assert plan.model_settings["router_mode"] == "identity"  # the default reads no labels
+    learned = plan_of(config(data, model={"name": "deepset_moe", "router_mode": "learned"}))
+    assert learned.model_settings["router_mode"] == "learned"
     painn = plan_of(config(data, model={"name": "painn", "features": 8}))
     assert painn.model_settings["elements"] == [1, 6, 8, 9, 17]
 
@@ -183,7 +181,13 @@ def test_identity_routing_trains_on_any_element_without_fragments(data, tmp_path
 
 
 def test_fragment_vocabulary_extended_from_the_config(data):
-    plan = plan_of(config(data, fragments={"source": "perceive", "patterns": HALIDE_PATTERN}))
+    plan = plan_of(
+        config(
+            data,
+            model={"name": "deepset_moe", "router_mode": "hybrid"},
+            fragments={"source": "perceive", "patterns": HALIDE_PATTERN},
+        )
+    )
     names = plan.vocabulary.names
     assert "halide" in names and plan.model_settings["router_mode"] == "hybrid"
     assert plan.model_settings["fragments"]["patterns"][-1] == ["halide", "[F,Cl,Br,I:1]"]
