@@ -494,8 +494,10 @@ class Trainer:
             val_metrics["force_mae"],
             val_metrics["energy_per_atom_mae"],
             score,
-            f"; OOD curve force MAE {ood_metrics['force_mae']:.4g} eV/Å" if ood_metrics else "",
-            " (best)" if improved else "",
+            " (best validation score so far)" if improved else "",
+            f"; OOD curve force MAE {ood_metrics['force_mae']:.4g} eV/Å (recorded only)"
+            if ood_metrics
+            else "",
             self.schedule.lr,
             f"; stopping: {self.stop_reason}" if self.stop_reason else "",
         )
