@@ -27,6 +27,12 @@ REPO = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C as in a terminal, even when the tests run in a background job
+    (which ignores SIGINT, and a process inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def gmd26(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "benchmark.cli", *args],
@@ -35,6 +41,7 @@ def gmd26(*args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
 
 
