@@ -61,6 +61,7 @@ from benchmark.training.trainer import (
     TENSORBOARD_DIR,
     Callback,
     Trainer,
+    log_package_to,
     resume_mismatches,
 )
 from deepset_moe.checkpoint import CheckpointError, read_checkpoint, strip_training_state
@@ -320,13 +321,7 @@ def _open_log(out_dir: Path) -> logging.Handler:
     """Log the ``benchmark`` package to ``out_dir/train.log`` for the whole cell (data loading
     and a failure's traceback included; the trainer reuses this handler), not to stderr."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out_dir / LOG_FILE)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    package_logger = logging.getLogger("benchmark")
-    package_logger.addHandler(handler)
-    if package_logger.level == logging.NOTSET or package_logger.level > logging.INFO:
-        package_logger.setLevel(logging.INFO)
-    return handler
+    return log_package_to(out_dir / LOG_FILE)
 
 
 def _train_and_evaluate(

@@ -806,13 +806,19 @@ class Trainer:
         for existing in logging.getLogger("benchmark").handlers:
             if getattr(existing, "baseFilename", None) == path:
                 return None  # the caller already logs there (benchmark.training.experiment)
-        handler = logging.FileHandler(self.out_dir / LOG_FILE)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        package_logger = logging.getLogger("benchmark")
-        package_logger.addHandler(handler)
-        if package_logger.level == logging.NOTSET or package_logger.level > logging.INFO:
-            package_logger.setLevel(logging.INFO)
-        return handler
+        return log_package_to(self.out_dir / LOG_FILE)
+
+
+def log_package_to(path: str | Path) -> logging.Handler:
+    """Send the ``benchmark`` package's log records (INFO and up) to the file ``path``; returns
+    the handler, which the caller removes and closes when done."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    package_logger = logging.getLogger("benchmark")
+    package_logger.addHandler(handler)
+    if package_logger.level == logging.NOTSET or package_logger.level > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    return handler
 
 
 def _seed_everything(seed: int) -> None:
