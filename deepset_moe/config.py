@@ -21,6 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from deepset_moe.body_order import BODY_ORDERS
 from deepset_moe.fragments import DEFAULT_VOCABULARY, FragmentVocabulary
 
 ROUTER_MODES = ("learned", "fragment", "hybrid", "identity", "spatial", "none")
@@ -54,6 +55,10 @@ class DeepSetMoEConfig:
         latent_dim: F, width of the per-atom latent (router and expert input).
         num_interactions: invariant message-passing refinements of the latent (each extends
             the receptive field by one cutoff).
+        body_order: 0 (off), 2 or 3: add a per-atom energy linear in the encoder's
+            invariants up to this body order, per centre element (2: a learned pair
+            potential; 3: pairs and triplets, a linear ACE-like term); see
+            :mod:`deepset_moe.body_order`.
 
     Mixture of experts:
         num_experts: K.
@@ -104,6 +109,7 @@ class DeepSetMoEConfig:
     encoder_hidden: int = 128
     latent_dim: int = 128
     num_interactions: int = 0
+    body_order: int = 0
 
     num_experts: int = 8
     top_k: int = 2
@@ -140,6 +146,10 @@ class DeepSetMoEConfig:
             ),
             (self.l_max >= 0, f"l_max must be >= 0, got {self.l_max}"),
             (self.num_interactions >= 0, "num_interactions must be >= 0"),
+            (
+                self.body_order in BODY_ORDERS,
+                f"body_order must be one of {BODY_ORDERS}, got {self.body_order}",
+            ),
             (
                 1 <= self.top_k <= self.num_experts,
                 f"top_k must be in [1, num_experts={self.num_experts}], got {self.top_k}",

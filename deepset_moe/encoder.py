@@ -24,6 +24,8 @@ neighbours (permutation invariant) and uses only relative positions (translation
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from e3nn import o3
 from e3nn.nn import FullyConnectedNet
@@ -34,6 +36,14 @@ from deepset_moe.mlp import build_mlp
 from deepset_moe.radial import BesselBasis
 from deepset_moe.species import SpeciesIndex
 from kernels.segment_sum import segment_sum_index
+
+
+class EncodedAtoms(NamedTuple):
+    """Outputs of :meth:`PowerSpectrumEncoder.encode` (shapes there)."""
+
+    latent: Tensor
+    invariants: Tensor
+    species: Tensor
 
 
 class InvariantInteraction(nn.Module):
@@ -83,9 +93,10 @@ class PowerSpectrumEncoder(nn.Module):
         self.register_buffer("pair_first", pair_first, persistent=False)
         self.register_buffer("pair_second", pair_second, persistent=False)
 
-        num_invariants = channels + pair_first.numel() * (config.l_max + 1)
+        # width of invariants(): C scalar densities, then the power spectrum
+        self.num_invariants = channels + pair_first.numel() * (config.l_max + 1)
         self.mlp = build_mlp(
-            [num_invariants + config.species_dim, config.encoder_hidden, config.latent_dim]
+            [self.num_invariants + config.species_dim, config.encoder_hidden, config.latent_dim]
         )
         self.interactions = nn.ModuleList(
             InvariantInteraction(config.latent_dim, config.num_radial, config.avg_num_neighbors)
@@ -126,7 +137,13 @@ class PowerSpectrumEncoder(nn.Module):
         return torch.cat(features, dim=-1)
 
     def forward(self, z: Tensor, vectors: Tensor, lengths: Tensor, edge_index: Tensor) -> Tensor:
-        """Per-atom latent.
+        """Per-atom latent [N, latent_dim] (the first output of :meth:`encode`)."""
+        return self.encode(z, vectors, lengths, edge_index).latent
+
+    def encode(
+        self, z: Tensor, vectors: Tensor, lengths: Tensor, edge_index: Tensor
+    ) -> EncodedAtoms:
+        """Per-atom latent with the invariants and species indices it was computed from.
 
         Args:
             z: [N] atomic numbers.
@@ -135,13 +152,16 @@ class PowerSpectrumEncoder(nn.Module):
             edge_index: [2, E] (source j, target i) from ``radius_graph``.
 
         Returns:
-            [N, latent_dim] rotation-, translation- and permutation-invariant latents.
+            :class:`EncodedAtoms`: ``latent`` [N, latent_dim] (rotation-, translation- and
+            permutation-invariant), ``invariants`` [N, num_invariants] (step 2: the C scalar
+            densities first, then the power spectrum) and ``species`` [N] (row indices of
+            ``atomic_numbers``).
         """
         species = self.species_index(z)
         basis = self.basis(lengths)
         density = self.density(species, vectors, edge_index, basis)
-        features = torch.cat([self.invariants(density), self.centre_embedding(species)], dim=-1)
-        latent = self.mlp(features)
+        invariants = self.invariants(density)
+        latent = self.mlp(torch.cat([invariants, self.centre_embedding(species)], dim=-1))
         for interaction in self.interactions:
             latent = interaction(latent, basis, edge_index)
-        return latent
+        return EncodedAtoms(latent, invariants, species)

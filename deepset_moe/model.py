@@ -10,9 +10,12 @@ Pipeline of :meth:`DeepSetMoE.forward` for a batch of molecules:
    (``gate``: smooth top-k by default, :mod:`deepset_moe.gates`);
 4. experts (:class:`~deepset_moe.experts.ExpertMLPs`): h_i [N, F_out], each atom computed by
    its k experts only;
-5. optional ``batch["atom_weights"]`` [N] scales h_i (for Integrated Gradients);
+5. optional ``batch["atom_weights"]`` [N] scales h_i and the atom's body-ordered energy
+   (for Integrated Gradients);
 6. pooling (:class:`~deepset_moe.pooling.AtomPooling`) and rho
-   (:class:`~deepset_moe.readout.EnergyReadout`) to the energy [B] in eV;
+   (:class:`~deepset_moe.readout.EnergyReadout`) to the energy [B] in eV, plus, with
+   ``body_order`` 2 or 3, a per-atom energy linear in the encoder's invariants
+   (:mod:`deepset_moe.body_order`);
 7. forces = -dE/dpos by autograd (eV/Å), with ``create_graph`` in training so force losses
    can be trained.
 
@@ -37,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deepset_moe.body_order import LinearBodyOrderEnergy
 from deepset_moe.checkpoint import CheckpointError, load_potential
 from deepset_moe.config import DeepSetMoEConfig
 from deepset_moe.e0 import PotentialWithE0
@@ -88,6 +92,14 @@ class DeepSetMoE(nn.Module):
             self.pooling = AtomPooling(config.pooling, config.expert_out_dim)
             self.readout = EnergyReadout(
                 config.readout, config.expert_out_dim, config.readout_hidden
+            )
+            self.body_order_energy = (
+                LinearBodyOrderEnergy(
+                    len(config.atomic_numbers),
+                    config.num_channels if config.body_order == 2 else self.encoder.num_invariants,
+                )
+                if config.body_order
+                else None
             )
 
     @property
@@ -160,21 +172,36 @@ class DeepSetMoE(nn.Module):
         ptr = batch["ptr"]
         edge_index = radius_graph(pos, ptr, self.cutoff)
         vectors, lengths = edge_vectors(pos, edge_index)
-        latent = self.encoder(batch["z"], vectors, lengths, edge_index)
+        encoded = self.encoder.encode(batch["z"], vectors, lengths, edge_index)
+        latent = encoded.latent
         routing = self.router(
             latent, batch.get("fragment"), z=batch["z"], lengths=lengths, edge_index=edge_index
         )
         h = self.experts(latent, routing.gate.experts, routing.gate.weights)
+        body_energy = (
+            self.body_order_energy(encoded.invariants, encoded.species)
+            if self.body_order_energy is not None
+            else None
+        )
         if "atom_weights" in batch:
-            h = h * _atom_weights(batch["atom_weights"], h)
+            weights = _atom_weights(batch["atom_weights"], h)
+            h = h * weights
+            if body_energy is not None:
+                body_energy = body_energy * weights.squeeze(-1)
 
         out: dict[str, Any] = {}
         if self.config.uses_node_energy:
             node_energy = self.readout(h)
+            if body_energy is not None:
+                node_energy = node_energy + body_energy
             out["energy"] = segment_sum_csr(node_energy.unsqueeze(-1), ptr).squeeze(-1)
             out["node_energy"] = node_energy
         else:
             out["energy"] = self.readout(self.pooling(h, batch["batch"], ptr))
+            if body_energy is not None:
+                out["energy"] = out["energy"] + segment_sum_csr(
+                    body_energy.unsqueeze(-1), ptr
+                ).squeeze(-1)
         out["routing"] = {
             "probs": routing.gate.probs,
             "experts": routing.gate.experts,

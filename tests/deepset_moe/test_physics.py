@@ -1,6 +1,7 @@
 """The physics kit (:class:`deepset_moe.testing.PotentialPhysicsTests`) run by DeepSet-MoE
 variants: every router mode, every pooling x readout (with the learned, fragment and hybrid
-routers), the hard top-k gate of older checkpoints, and an interaction layer.
+routers), the hard top-k gate of older checkpoints, an interaction layer and the body-ordered
+energy term (with non-zero weights).
 
 The registry's DeepSet-MoE (hybrid routing, smooth top-k gate, sum pooling, linear rho) also
 runs it in ``tests/baselines/test_physics.py``. The seed gives every variant top-k gate
@@ -14,8 +15,10 @@ import itertools
 from typing import Any
 
 import pytest
+import torch
 
 from deepset_moe import DeepSetMoE
+from deepset_moe.body_order import BODY_ORDERS
 from deepset_moe.config import POOLINGS, READOUTS, ROUTER_MODES
 from deepset_moe.testing import PotentialPhysicsTests, Tolerances
 from tests.small_deepset_moe import (
@@ -55,6 +58,19 @@ VARIANTS.update(
     }
 )
 VARIANTS["hybrid-sum-linear-interaction"] = {"router_mode": "hybrid", "num_interactions": 1}
+VARIANTS.update(
+    {
+        f"identity-sum-linear-body-order-{order}": {"router_mode": "identity", "body_order": order}
+        for order in BODY_ORDERS
+        if order
+    }
+)
+VARIANTS["learned-mean-mlp-body-order-3"] = {
+    "router_mode": "learned",
+    "pooling": "mean",
+    "readout": "mlp",
+    "body_order": 3,
+}
 
 
 def test_variants_cover_every_router_mode_pooling_and_readout() -> None:
@@ -77,9 +93,14 @@ class TestDeepSetMoEVariantPhysics(PotentialPhysicsTests):
 
     @pytest.fixture(scope="class")
     def model(self, variant: str) -> DeepSetMoE:
-        return DeepSetMoE.from_config(
+        model = DeepSetMoE.from_config(
             **{**SMALL_CONFIG, "seed": STABLE_ROUTING_SEED, **VARIANTS[variant]}
         )
+        if model.body_order_energy is not None:  # starts at zero: give the term a value
+            with torch.no_grad():
+                generator = torch.Generator().manual_seed(0)
+                model.body_order_energy.weight.normal_(generator=generator)
+        return model
 
     @pytest.fixture(scope="class")
     def model_config(self, model: DeepSetMoE) -> dict[str, Any]:
