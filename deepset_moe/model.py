@@ -226,7 +226,8 @@ def matched_no_moe_config(config: DeepSetMoEConfig | None = None) -> DeepSetMoEC
     of ``config`` hold P parameters; one expert of width H holds
     H * (latent_dim + 1 + expert_out_dim) + expert_out_dim; H is the integer (>= 1) that
     minimises the difference (everything else is shared). For the defaults (identity router,
-    8 experts of width 64) H = 515: 192,323 parameters against 192,392; for the hybrid router
+    8 experts of width 64, body-ordered term) H = 515: 194,563 parameters against 194,632; for the
+    hybrid router without the term (the ablation's control)
     H = 521: 193,481 against 193,480.
     """
     config = config if config is not None else DeepSetMoEConfig()

@@ -2,6 +2,10 @@
 # The DeepSet-MoE ablation of issue 11 (CPU, quick preset: 300 steps x 16, two seeds, all four
 # tasks; resumable). One run folder per variant under results/ablation/; the default model is
 # chosen from these (report: gmd26 report results/ablation/<variant>).
+# The first fourteen variants were run before the body-ordered term existed: their folders'
+# run.json record the settings as given here without "body_order", and the cells ran with
+# body_order 0 (their result.json model_config says so). A fresh run of them needs
+# "body_order": 0 added (the default is 3 since); the body_order_* variants name it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 run() {  # run VARIANT_NAME JSON_CONFIG
@@ -22,3 +26,6 @@ run cutoff_3.5 '{"cutoff": 3.5}'
 run cutoff_6 '{"cutoff": 6.0}'
 run experts_16_k2 '{"num_experts": 16, "top_k": 2}'
 run gate_topk '{"gate": "topk"}'  # smoothness, not generalisation: last
+# the body-ordered energy term on the identity router (body_order_3 is the default since)
+run body_order_2 '{"router_mode": "identity", "body_order": 2}'
+run body_order_3 '{"router_mode": "identity", "body_order": 3}'
