@@ -365,10 +365,10 @@ def record_lost_cell(
     return _write_result(cell, result, task, model, seed, seconds)
 
 
-def machine_info() -> dict[str, Any]:
-    """Platform, Python, CPU count, torch version, accelerator and git commit of this run."""
+def git_commit() -> str | None:
+    """The commit of the code that runs (``git rev-parse HEAD`` of this package), or None."""
     try:
-        commit = subprocess.run(
+        return subprocess.run(
             ["git", "rev-parse", "HEAD"],
             capture_output=True,
             text=True,
@@ -376,7 +376,12 @@ def machine_info() -> dict[str, Any]:
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        commit = None
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """Platform, Python, CPU count, torch version, accelerator and git commit of this run."""
+    commit = git_commit()
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -494,6 +499,7 @@ def run_matrix(
                 "cells_skipped": len(cells) - len(pending),
                 "workers": plan.workers,
                 "executor": runner.name,
+                "git_commit": git_commit(),
                 "interrupted": signal_name(error),
             }
             write_json(
@@ -516,6 +522,7 @@ def run_matrix(
         "cells_skipped": skipped,
         "workers": plan.workers,
         "executor": runner.name,
+        "git_commit": git_commit(),
     }
     records = [
         {

@@ -39,12 +39,16 @@ def _run_header(report: Mapping[str, Any]) -> list[str]:
             + (f" capped at {cell_budget} min per cell" if cell_budget else "")
             + f", {plan.get('seeds')} seed(s), device `{plan.get('device')}`."
         )
+    invocations = run.get("invocations", [])
     if machine:
+        commits = list(dict.fromkeys(i["git_commit"] for i in invocations if i.get("git_commit")))
+        commits = commits or [machine.get("git_commit")]
         lines.append(
             f"Machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs, torch "
-            f"{machine.get('torch')}, git commit `{machine.get('git_commit')}`."
+            f"{machine.get('torch')}, git commit{'s' if len(commits) > 1 else ''} "
+            + ", ".join(f"`{commit}`" for commit in commits)
+            + (" (one per invocation of the matrix)." if len(commits) > 1 else ".")
         )
-    invocations = run.get("invocations", [])
     if invocations:
         total = sum(i.get("wall_seconds") or 0.0 for i in invocations)
         lines.append(f"Matrix wall time {total / 60:.1f} min ({len(invocations)} invocation(s)).")

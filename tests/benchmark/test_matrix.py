@@ -63,6 +63,8 @@ def test_run_json_records_command_machine_and_cells(smoke_matrix):
     assert record["invocations"][0]["cells_computed"] == 3
     assert record["machine"]["cpu_count"] >= 1 and record["machine"]["torch"]
     assert "git_commit" in record["machine"]
+    # every invocation names the code that ran it (a run folder may grow over several commits)
+    assert record["invocations"][0]["git_commit"] == record["machine"]["git_commit"]
     statuses = {(c["model"], c["status"]) for c in record["cells"]}
     assert statuses == {("deepset_moe", "ok"), ("schnet", "ok"), ("painn", "failed")}
     assert record["plan"]["preset"] == "smoke"

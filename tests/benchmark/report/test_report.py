@@ -170,3 +170,15 @@ def test_aggregate_and_markdown_table():
     assert aggregate([])["mean"] is None
     table = markdown_table(["a", "b"], [["x", "1"]]).splitlines()
     assert table == ["| a | b |", "|:---|---:|", "| x | 1 |"]
+
+
+def test_run_header_names_the_commit_of_every_invocation():
+    from benchmark.report.markdown import _run_header
+
+    machine = {"platform": "x", "cpu_count": 2, "torch": "2", "git_commit": "aaa"}
+    one = {"run_dir": "r", "data_dir": "d", "run": {"machine": machine, "invocations": []}}
+    assert "git commit `aaa`." in _run_header(one)[0]
+    invocations = [{"git_commit": "aaa"}, {"git_commit": "bbb"}, {"git_commit": "aaa"}, {}]
+    two = {"run_dir": "r", "data_dir": "d", "run": {"machine": machine, "invocations": invocations}}
+    header = _run_header(two)[0]
+    assert "git commits `aaa`, `bbb` (one per invocation of the matrix)." in header
