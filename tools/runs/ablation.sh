@@ -2,13 +2,16 @@
 # The DeepSet-MoE ablation of issue 11 (CPU, quick preset: 300 steps x 16, two seeds, all four
 # tasks; resumable). One run folder per variant under results/ablation/; the default model is
 # chosen from these (report: gmd26 report results/ablation/<variant>).
-# The first fourteen variants were run before the body-ordered term existed: their folders'
-# run.json record the settings as given here without "body_order", and the cells ran with
-# body_order 0 (their result.json model_config says so). A fresh run of them needs
-# "body_order": 0 added (the default is 3 since); the body_order_* variants name it.
+# The first fourteen variants were run before the body-ordered term existed (body_order 0, as
+# each cell's result.json model_config says); run() pins that for them (their run.json plans
+# were amended to state it), so a fresh run reproduces them under the new default
+# (body_order 3). The body_order_* variants name their setting.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-run() {  # run VARIANT_NAME JSON_CONFIG
+run() {  # run VARIANT_NAME JSON_CONFIG (without "body_order": pinned to 0)
+  pinned "$1" "${2%\}}, \"body_order\": 0}"
+}
+pinned() {  # pinned VARIANT_NAME JSON_CONFIG (the settings exactly as given)
   for task in duplication combination elongation substitution; do
     gmd26 run --tasks "$task" --models deepset_moe --preset quick --seeds 2 --workers 1 \
       --model-configs "{\"deepset_moe\": $2}" --out "results/ablation/$1" --no-report
@@ -27,5 +30,7 @@ run cutoff_6 '{"cutoff": 6.0}'
 run experts_16_k2 '{"num_experts": 16, "top_k": 2}'
 run gate_topk '{"gate": "topk"}'  # smoothness, not generalisation: last
 # the body-ordered energy term on the identity router (body_order_3 is the default since)
-run body_order_2 '{"router_mode": "identity", "body_order": 2}'
-run body_order_3 '{"router_mode": "identity", "body_order": 3}'
+pinned body_order_2 '{"router_mode": "identity", "body_order": 2}'
+pinned body_order_3 '{"router_mode": "identity", "body_order": 3}'
+pinned body_order_3_cutoff_4 '{"router_mode": "identity", "body_order": 3, "cutoff": 4.0}'
+pinned body_order_3_cutoff_3.5 '{"router_mode": "identity", "body_order": 3, "cutoff": 3.5}'

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# DeepSet-MoE design probes at the protocol budget (results/ablation_protocol/README.md; CPU,
+# resumable). The default model's own cells are results/protocol (tools/runs/protocol.sh).
+# interactions_1 was run before the body-ordered term existed: it pins body_order 0.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+run() {  # run VARIANT_NAME JSON_CONFIG TASKS SEEDS
+  gmd26 run --tasks $3 --models deepset_moe --preset protocol --seeds "$4" --workers 1 \
+    --threads-per-cell 1 --model-configs "{\"deepset_moe\": $2}" \
+    --out "results/ablation_protocol/$1" --no-report
+}
+run interactions_1 '{"num_interactions": 1, "body_order": 0}' substitution 2
+run body_order_2 '{"body_order": 2}' substitution 2
+run body_order_3_interactions_1 '{"body_order": 3, "num_interactions": 1}' substitution 2
+run body_order_3_cutoff_3.5 '{"body_order": 3, "cutoff": 3.5}' substitution 2
+run body_order_3_cutoff_4 '{"body_order": 3, "cutoff": 4.0}' \
+  "duplication combination elongation substitution" 3
+gmd26 ablation results/ablation_protocol results/protocol results/ablation_protocol/*/
