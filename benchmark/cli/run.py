@@ -5,8 +5,8 @@ Each cell trains in ``OUT/<task>/<model>/seed<k>/``. Running the same command ag
 finished cells (ok or failed) are skipped, unfinished ones continue from their last round.
 Budgets are optimiser steps (the preset's), so the same command gives the same metrics on any
 machine load. The defaults are the README's main job — DeepSet-MoE and two fast baselines on
-the four tasks, one seed, the quick preset, two cells at a time — sized for about 30 minutes
-on 2 CPU cores (see ``benchmark.matrix``).
+the four tasks, one seed, the quick preset, two cells at a time — about 15 minutes on 2
+idle CPU cores with the report (13.8 min measured; see ``benchmark.matrix``).
 
 Cells run in --workers local processes, or on a dask.distributed cluster with --scheduler
 (an address such as tcp://host:8786 or a scheduler file; --workers is then refused: the
