@@ -31,8 +31,11 @@ from kernels.routing import topk_gate
 from tests.small_deepset_moe import SMALL_CONFIG, torch_threads
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-COMMITTED_CHECKPOINT = REPOSITORY / "results/default/duplication/deepset_moe/seed0/best.pt"
-"""A DeepSet-MoE trained before gates were selectable (its config has no ``gate``)."""
+COMMITTED_CHECKPOINT = (
+    REPOSITORY / "results/deepset_moe_quick/duplication/deepset_moe/seed0/best.pt"
+)
+"""A DeepSet-MoE trained before gates were selectable (its config has no ``gate`` and no
+``body_order``)."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -337,9 +340,11 @@ def test_the_gate_does_not_change_the_initial_weights(router_mode: str) -> None:
     assert all(torch.equal(smooth[key], hard[key]) for key in smooth)
 
 
-def test_committed_checkpoint_keeps_the_hard_gate() -> None:
+def test_committed_checkpoint_keeps_the_hard_gate_and_no_body_order_term() -> None:
     assert COMMITTED_CHECKPOINT.exists(), f"{COMMITTED_CHECKPOINT} is committed; restore it"
     payload = torch.load(COMMITTED_CHECKPOINT, map_location="cpu", weights_only=False)
     assert "gate" not in payload["model_config"]
+    assert "body_order" not in payload["model_config"]
     network = load_potential(COMMITTED_CHECKPOINT).network
     assert network.config.gate == "topk" and network.router.gate == "topk"
+    assert network.config.body_order == 0 and network.body_order_energy is None
