@@ -381,7 +381,6 @@ def git_commit() -> str | None:
 
 def machine_info() -> dict[str, Any]:
     """Platform, Python, CPU count, torch version, accelerator and git commit of this run."""
-    commit = git_commit()
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -389,7 +388,7 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "git_commit": commit,
+        "git_commit": git_commit(),
     }
 
 
@@ -513,6 +512,7 @@ def run_matrix(
             raise
         computed, skipped = len(pending), len(cells) - len(pending)
         progress.line(f"END matrix: {computed} computed, {skipped} already finished")
+    machine = machine_info()
     invocation = {
         "command": list(command or sys.argv),
         "started_at": started_at,
@@ -522,7 +522,7 @@ def run_matrix(
         "cells_skipped": skipped,
         "workers": plan.workers,
         "executor": runner.name,
-        "git_commit": git_commit(),
+        "git_commit": machine["git_commit"],
     }
     records = [
         {
@@ -537,7 +537,7 @@ def run_matrix(
     ]
     summary = {
         "plan": plan.to_dict(),
-        "machine": machine_info(),
+        "machine": machine,
         "invocations": [*previous.get("invocations", []), invocation],
         "cells": records,
     }

@@ -127,6 +127,12 @@ class PowerSpectrumEncoder(nn.Module):
         density = segment_sum_index(edge_density, target, num_atoms)
         return density.view(num_atoms, self.num_channels, num_m)
 
+    def invariant_width(self, body_order: int) -> int:
+        """How many leading columns of :meth:`invariants` are of body order <= ``body_order``:
+        the C scalar densities (2-body) for 2, every invariant (the power spectrum is 3-body)
+        for 3."""
+        return self.num_channels if body_order == 2 else self.num_invariants
+
     def invariants(self, density: Tensor) -> Tensor:
         """Scalar densities and power spectrum, [N, C + C(C+1)/2 * (l_max+1)] (step 2)."""
         features = [density[:, :, 0]]

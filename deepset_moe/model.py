@@ -95,8 +95,7 @@ class DeepSetMoE(nn.Module):
             )
             self.body_order_energy = (
                 LinearBodyOrderEnergy(
-                    len(config.atomic_numbers),
-                    config.num_channels if config.body_order == 2 else self.encoder.num_invariants,
+                    len(config.atomic_numbers), self.encoder.invariant_width(config.body_order)
                 )
                 if config.body_order
                 else None
