@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from baselines.registry import list_models
 from benchmark.jsonio import json_safe, write_json
 from benchmark.matrix import RESULT_FILE, RUN_JSON
 from benchmark.report import figures
@@ -88,6 +89,7 @@ def build_report(run_dir: str | Path, options: ReportOptions | None = None) -> d
         "headline": headline,
         "headline_figure": headline_png,
         "tasks": tasks,
+        "registered_models": list_models(),
         "gaps": gaps,
     }
     write_json(run_dir / REPORT_JSON, report)

@@ -28,6 +28,25 @@ from benchmark.report.tables import (
 )
 
 
+def _seed_counts(report: Mapping[str, Any]) -> str:
+    """Finished seeds per model over the tasks, e.g. ``deepset_moe 3, schnet 1-2``; the plans
+    of the invocations may differ (a matrix grown across sessions), the cells do not lie."""
+    counts: dict[str, list[int]] = {}
+    for section in report.get("tasks", {}).values():
+        for name, summary in section["models"].items():
+            counts.setdefault(name, []).append(len(summary["seeds_ok"]))
+    parts = []
+    for name, per_task in counts.items():
+        low, high = min(per_task), max(per_task)
+        parts.append(f"{name} {low}" if low == high else f"{name} {low}-{high}")
+    return ", ".join(parts)
+
+
+def _models(report: Mapping[str, Any]) -> set[str]:
+    """Names of the models with at least one cell (finished or failed) in any task."""
+    return {name for section in report.get("tasks", {}).values() for name in section["models"]}
+
+
 def _run_header(report: Mapping[str, Any]) -> list[str]:
     run = report.get("run", {})
     plan, machine = run.get("plan", {}), run.get("machine", {})
@@ -37,8 +56,13 @@ def _run_header(report: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"Preset `{plan.get('preset')}`"
             + (f" capped at {cell_budget} min per cell" if cell_budget else "")
-            + f", {plan.get('seeds')} seed(s), device `{plan.get('device')}`."
+            + f", device `{plan.get('device')}`."
         )
+    if _models(report):
+        lines.append(f"Finished seeds per task: {_seed_counts(report)}.")
+    absent = [name for name in report.get("registered_models", []) if name not in _models(report)]
+    if absent:
+        lines.append(f"Registered models without a cell here: {', '.join(absent)}.")
     invocations = run.get("invocations", [])
     if machine:
         commits = list(dict.fromkeys(i["git_commit"] for i in invocations if i.get("git_commit")))

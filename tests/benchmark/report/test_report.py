@@ -51,6 +51,16 @@ def test_markdown_tables_have_the_gmd26_columns(smoke_matrix, report):
             assert line.endswith("|"), line
 
 
+def test_header_counts_finished_seeds_and_names_models_not_run(smoke_matrix, report):
+    """The header counts the cells that finished (painn's only cell failed), not the plan's
+    seeds, and names the registered models the run has no cell of."""
+    text = (smoke_matrix / REPORT_MD).read_text()
+    assert "Finished seeds per task: deepset_moe 1, schnet 1, painn 0." in text
+    absent = text.split("Registered models without a cell here: ")[1].split(".")[0].split(", ")
+    assert "mace" in absent and "nequip" in absent
+    assert not {"deepset_moe", "schnet", "painn"} & set(absent)
+
+
 def test_json_numbers_match_the_cells(smoke_matrix, report):
     stored = json.loads((smoke_matrix / REPORT_JSON).read_text())
     cell = json.loads(
