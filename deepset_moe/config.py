@@ -16,7 +16,7 @@ Backward compatibility: a dict without a ``gate`` key was saved before gates wer
 committed checkpoints reproduce their numbers. New configs (``DeepSetMoEConfig()``,
 ``to_dict`` and the model registry, which completes settings from the defaults) carry
 ``gate="smooth_topk"``. Likewise a dict without ``body_order`` predates the term and is read
-with ``body_order=0``.
+with ``body_order=0``, and one without ``many_body_cutoff`` with one cutoff (None).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ LEGACY_GATE = "topk"
 """Gate of configs saved before ``gate`` existed (``from_dict`` without a ``gate`` key)."""
 LEGACY_BODY_ORDER = 0
 """Body order of configs saved before ``body_order`` existed (no body-ordered term)."""
+LEGACY_MANY_BODY_CUTOFF = None
+"""Many-body cutoff of configs saved before ``many_body_cutoff`` existed (one cutoff)."""
 POOLINGS = ("sum", "mean", "attention")
 READOUTS = ("linear", "mlp")
 
@@ -65,6 +67,12 @@ class DeepSetMoEConfig:
             invariants up to this body order, per centre element (2: a learned pair
             potential; 3: pairs and triplets, a linear ACE-like term); see
             :mod:`deepset_moe.body_order`.
+        many_body_cutoff: radius (Å, below ``cutoff``) of the many-body part: the power
+            spectrum, the latent (router and expert input) and the interactions see only
+            neighbours within it (a second smooth envelope), while the scalar densities of
+            the pair term keep ``cutoff``: the hierarchy of cutoffs of linear ACE fits, a
+            long-ranged pair potential under a shorter-ranged many-body expansion. Needs
+            ``body_order >= 2`` (nothing else reaches beyond it). None: one cutoff for all.
 
     Mixture of experts:
         num_experts: K.
@@ -116,6 +124,7 @@ class DeepSetMoEConfig:
     latent_dim: int = 128
     num_interactions: int = 0
     body_order: int = 3
+    many_body_cutoff: float | None = 4.0
 
     num_experts: int = 8
     top_k: int = 2
@@ -155,6 +164,16 @@ class DeepSetMoEConfig:
             (
                 self.body_order in BODY_ORDERS,
                 f"body_order must be one of {BODY_ORDERS}, got {self.body_order}",
+            ),
+            (
+                self.many_body_cutoff is None or 0 < self.many_body_cutoff < self.cutoff,
+                f"many_body_cutoff must be None or in (0, cutoff={self.cutoff}) Å, got "
+                f"{self.many_body_cutoff}",
+            ),
+            (
+                self.many_body_cutoff is None or self.body_order >= 2,
+                "many_body_cutoff needs body_order 2 or 3 (the pair term is the only part "
+                f"that reaches beyond it), got body_order={self.body_order}",
             ),
             (
                 1 <= self.top_k <= self.num_experts,
@@ -217,6 +236,7 @@ class DeepSetMoEConfig:
         data = dict(data)
         data.setdefault("gate", LEGACY_GATE)
         data.setdefault("body_order", LEGACY_BODY_ORDER)
+        data.setdefault("many_body_cutoff", LEGACY_MANY_BODY_CUTOFF)
         legacy_size = data.pop("num_fragments", None)
         if legacy_size is not None and "fragments" not in data:
             if legacy_size != len(DEFAULT_VOCABULARY):

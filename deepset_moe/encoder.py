@@ -18,6 +18,11 @@ For centre atom i and its neighbours j within the cutoff (edge vector r_ij = pos
 3. latent_i = MLP([A_{i,:,0,0}, B_i, embedding(z_i)]), width F.
 4. Optional invariant interactions refine the latent from neighbours' latents.
 
+With a ``many_body_cutoff`` r_mb < r_c, a second density A^mb weights each edge by a second
+polynomial envelope u(r_ij / r_mb) as well; the power spectrum, the latent and the interactions
+are computed from it (neighbours beyond r_mb do not reach them), while the scalar densities in
+the invariants (the pair term's, body order 2) keep the full cutoff.
+
 Every operation is a smooth function of the edge vectors inside the cutoff, sums over
 neighbours (permutation invariant) and uses only relative positions (translation invariant).
 """
@@ -33,7 +38,7 @@ from torch import Tensor, nn
 
 from deepset_moe.config import DeepSetMoEConfig
 from deepset_moe.mlp import build_mlp
-from deepset_moe.radial import BesselBasis
+from deepset_moe.radial import BesselBasis, PolynomialEnvelope
 from deepset_moe.species import SpeciesIndex
 from kernels.segment_sum import segment_sum_index
 
@@ -81,6 +86,11 @@ class PowerSpectrumEncoder(nn.Module):
 
         self.species_index = SpeciesIndex(config.atomic_numbers)
         self.basis = BesselBasis(config.cutoff, config.num_radial, config.envelope_exponent)
+        self.many_body_envelope = (
+            None
+            if config.many_body_cutoff is None
+            else PolynomialEnvelope(config.many_body_cutoff, config.envelope_exponent)
+        )
         self.radial = FullyConnectedNet(
             [config.num_radial, config.radial_hidden, channels * (config.l_max + 1)],
             act=torch.nn.functional.silu,
@@ -104,9 +114,16 @@ class PowerSpectrumEncoder(nn.Module):
         )
 
     def density(
-        self, species: Tensor, vectors: Tensor, edge_index: Tensor, basis: Tensor
+        self,
+        species: Tensor,
+        vectors: Tensor,
+        edge_index: Tensor,
+        basis: Tensor,
+        edge_weights: Tensor | None = None,
     ) -> Tensor:
-        """Atomic density A [N, C, (l_max+1)^2] (step 1 of the module docstring)."""
+        """Atomic density A [N, C, (l_max+1)^2] (step 1 of the module docstring); with
+        ``edge_weights`` [E] also the density of the weighted edges, [2, N, C, (l_max+1)^2]
+        (one segment sum for both)."""
         source, target = edge_index
         num_edges, num_atoms = vectors.shape[0], species.shape[0]
         radial = self.radial(basis).view(num_edges, self.num_channels, self.l_max + 1)
@@ -124,8 +141,12 @@ class PowerSpectrumEncoder(nn.Module):
         )
         num_m = (self.l_max + 1) ** 2
         edge_density = edge_density.reshape(num_edges, self.num_channels * num_m)
-        density = segment_sum_index(edge_density, target, num_atoms)
-        return density.view(num_atoms, self.num_channels, num_m)
+        if edge_weights is None:
+            density = segment_sum_index(edge_density, target, num_atoms)
+            return density.view(num_atoms, self.num_channels, num_m)
+        both = torch.cat([edge_density, edge_density * edge_weights.unsqueeze(-1)], dim=-1)
+        density = segment_sum_index(both, target, num_atoms)
+        return density.view(num_atoms, 2, self.num_channels, num_m).transpose(0, 1)
 
     def invariant_width(self, body_order: int) -> int:
         """How many leading columns of :meth:`invariants` are of body order <= ``body_order``:
@@ -165,9 +186,16 @@ class PowerSpectrumEncoder(nn.Module):
         """
         species = self.species_index(z)
         basis = self.basis(lengths)
-        density = self.density(species, vectors, edge_index, basis)
-        invariants = self.invariants(density)
-        latent = self.mlp(torch.cat([invariants, self.centre_embedding(species)], dim=-1))
+        if self.many_body_envelope is None:
+            density = self.density(species, vectors, edge_index, basis)
+            invariants = many_body = self.invariants(density)
+        else:
+            near = self.many_body_envelope(lengths)
+            density, near_density = self.density(species, vectors, edge_index, basis, near)
+            many_body = self.invariants(near_density)
+            invariants = torch.cat([density[:, :, 0], many_body[:, self.num_channels :]], dim=-1)
+            basis = basis * near.unsqueeze(-1)
+        latent = self.mlp(torch.cat([many_body, self.centre_embedding(species)], dim=-1))
         for interaction in self.interactions:
             latent = interaction(latent, basis, edge_index)
         return EncodedAtoms(latent, invariants, species)

@@ -65,6 +65,13 @@ VARIANTS.update(
         if order
     }
 )
+VARIANTS["identity-sum-linear-body-order-3-many-body-cutoff-interaction"] = {
+    "router_mode": "identity",
+    "body_order": 3,
+    "many_body_cutoff": 3.0,
+    "num_interactions": 1,
+    "top_k": 4,  # every expert: no routing margin to guard (this seed's is below it)
+}
 VARIANTS["learned-mean-mlp-body-order-3"] = {
     "router_mode": "learned",
     "pooling": "mean",
