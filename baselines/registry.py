@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -181,6 +182,15 @@ def model_config(name: str, **config: Any) -> dict[str, Any]:
     if "seed" not in settings:
         raise TypeError(f"model {name!r} takes no 'seed' setting: every model must")
     return settings
+
+
+def canonical_config(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` of ``name`` in the form that compares equal exactly when two settings build
+    the same model: the class's ``canonical_settings()`` where it declares one (it completes a
+    config saved by an older version with that version's values), else ``settings`` as
+    JSON reads them back (tuples as lists)."""
+    canonical = getattr(_model_class(name), "canonical_settings", None)
+    return json.loads(json.dumps(canonical(settings) if canonical else settings))
 
 
 def build_model(name: str, seed: int | None = None, **config: Any) -> nn.Module:

@@ -63,7 +63,7 @@ from typing import Any, NamedTuple, TextIO
 
 import torch
 
-from baselines.registry import list_models
+from baselines.registry import canonical_config, list_models, model_config
 from benchmark.dataset.layout import data_identity
 from benchmark.dataset.tasks import TASK_NAMES
 from benchmark.errors import UsageError
@@ -225,6 +225,45 @@ def check_plan_matches(plan: MatrixPlan, previous: Mapping[str, Any]) -> None:
             f"{plan.out_dir} holds a run with another protocol ({'; '.join(differing)}); "
             f"use a new --out folder, or the folder's own settings to continue it"
         )
+
+
+def check_finished_cells(
+    plan: MatrixPlan, results: Mapping[tuple[str, str, int], Mapping[str, Any]]
+) -> None:
+    """Refuse to skip a finished cell whose model is not the one the plan would train now.
+
+    The plan records only the settings given (``model_configs``); a default that changed since
+    the cell ran (a new version of the code) would otherwise put cells of two different models
+    under one name. Compares each finished cell's ``model_config`` with the plan's settings
+    completed from the current defaults, both in :func:`baselines.registry.canonical_config`
+    form (configs saved by older versions read as those versions built them).
+
+    Raises:
+        PlanMismatchError: one line naming the cell, the differing settings and what to do.
+    """
+    for (task, model, seed), result in results.items():
+        stored = result.get("model_config")
+        if result.get("status") != "ok" or stored is None:
+            continue
+        settings = {**plan.model_configs.get(model, {}), "seed": seed}
+        try:
+            expected = canonical_config(model, model_config(model, **settings))
+            found = canonical_config(model, stored)
+        except (ValueError, TypeError, ImportError):
+            continue  # the plan's own settings are invalid: the cell reports it when run
+        differing = sorted(
+            key for key in expected.keys() | found.keys() if expected.get(key) != found.get(key)
+        )
+        if differing:
+            changes = "; ".join(
+                f"{key} {found.get(key)!r} -> {expected.get(key)!r}" for key in differing
+            )
+            raise PlanMismatchError(
+                f"{cell_dir(plan.out_dir, task, model, seed)} was trained with other {model} "
+                f"settings than this plan builds now ({changes}): defaults changed since it "
+                "ran; use a new --out, or continue with the code that trained it (the "
+                "git_commit of run.json's invocations)"
+            )
 
 
 def cell_label(task: str, model: str, seed: int) -> str:
@@ -460,11 +499,12 @@ def run_matrix(
     run_json = plan.out_dir / RUN_JSON
     previous = _read_run_json(run_json)
     check_plan_matches(plan, previous)
+    cells = plan.cells()
+    results = _finished_cells(plan, cells)
+    check_finished_cells(plan, results)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_json, {**previous, "plan": plan.to_dict()})
     started_at, started = _now(), time.monotonic()
-    cells = plan.cells()
-    results = _finished_cells(plan, cells)
     pending = [cell for cell in cells if cell not in results]
     runner = _cell_runner(plan, executor, len(pending))
     with open(plan.out_dir / RUN_LOG, "a") as log:

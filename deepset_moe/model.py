@@ -122,6 +122,13 @@ class DeepSetMoE(nn.Module):
         """JSON-able default settings (those of :class:`DeepSetMoEConfig`)."""
         return DeepSetMoEConfig().to_dict()
 
+    @staticmethod
+    def canonical_settings(settings: dict[str, Any]) -> dict[str, Any]:
+        """``settings`` with every field, as :meth:`from_config` reads them (keys missing
+        from a config saved by an older version get their legacy values), JSON-able: two
+        settings build the same model exactly when their canonical forms are equal."""
+        return DeepSetMoEConfig.from_dict(settings).to_dict()
+
     @property
     def fragment_vocabulary(self) -> FragmentVocabulary:
         """The vocabulary whose labels the router reads (``batch["fragment"]``)."""

@@ -279,6 +279,41 @@ def test_a_run_folder_refuses_another_protocol(smoke_matrix, smoke_data):
         run_matrix(plan, stream=io.StringIO())
 
 
+def test_a_finished_cell_of_another_model_version_is_refused(smoke_matrix, smoke_data, tmp_path):
+    """A default that changed since a cell ran: the plan's settings are the same, the model it
+    builds is not; the folder is refused (before anything is written) instead of mixing
+    cells of two models under one name."""
+    run = tmp_path / "run"
+    shutil.copytree(smoke_matrix, run)
+    result_path = cell_dir(run, "duplication", "deepset_moe", 0) / RESULT_FILE
+    result = json.loads(result_path.read_text())
+    result["model_config"]["many_body_cutoff"] = 3.0
+    result_path.write_text(json.dumps(result))
+    before = (run / RUN_JSON).read_bytes()
+    with pytest.raises(
+        PlanMismatchError, match=r"deepset_moe/seed0 .*many_body_cutoff 3\.0 -> 4\.0"
+    ):
+        run_matrix(smoke_matrix_plan(run, smoke_data), stream=io.StringIO())
+    assert (run / RUN_JSON).read_bytes() == before
+    # a config saved before a setting existed reads as that version built it (one cutoff)
+    del result["model_config"]["many_body_cutoff"]
+    result_path.write_text(json.dumps(result))
+    with pytest.raises(PlanMismatchError, match=r"many_body_cutoff None -> 4\.0"):
+        run_matrix(smoke_matrix_plan(run, smoke_data), stream=io.StringIO())
+
+
+def test_canonical_config_completes_old_configs_and_keeps_baselines_as_json():
+    from baselines.registry import canonical_config, model_config
+
+    current = model_config("deepset_moe", seed=0)
+    assert canonical_config("deepset_moe", current) == json.loads(json.dumps(current))
+    old = {k: v for k, v in current.items() if k not in ("body_order", "many_body_cutoff")}
+    completed = canonical_config("deepset_moe", old)
+    assert completed["body_order"] == 0 and completed["many_body_cutoff"] is None
+    schnet = model_config("schnet", seed=1)
+    assert canonical_config("schnet", schnet) == json.loads(json.dumps(schnet))
+
+
 def test_a_run_folder_follows_its_data_by_content_not_by_path(smoke_matrix, smoke_data, tmp_path):
     """A clone elsewhere continues a committed run; another dataset is refused."""
     previous = json.loads((smoke_matrix / RUN_JSON).read_text())

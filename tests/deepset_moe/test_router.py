@@ -290,8 +290,9 @@ def test_matched_no_moe_config_matches_the_parameter_count() -> None:
     assert default.expert_hidden == 515
     assert count_parameters(DeepSetMoE(DeepSetMoEConfig())) == 194_632
     assert count_parameters(DeepSetMoE(default)) == 194_563
-    # the ablation's router_none control: hybrid router, no body-ordered term (the defaults then)
-    hybrid = DeepSetMoEConfig(router_mode="hybrid", body_order=0)
+    # the ablation's router_none control: hybrid router, one cutoff, no body-ordered term
+    # (the defaults then)
+    hybrid = DeepSetMoEConfig(router_mode="hybrid", body_order=0, many_body_cutoff=None)
     assert matched_no_moe_config(hybrid).expert_hidden == 521
     assert count_parameters(DeepSetMoE(hybrid)) == 193_480
 

@@ -3,15 +3,19 @@
 # tasks; resumable). One run folder per variant under results/ablation/; the default model is
 # chosen from these (report: gmd26 report results/ablation/<variant>).
 # The first fourteen variants were run before the body-ordered term existed (body_order 0, as
-# each cell's result.json model_config says); run() pins that for them (their run.json plans
-# were amended to state it), so a fresh run reproduces them under the new default
-# (body_order 3). The body_order_* variants name their setting.
+# each cell's result.json model_config says) and, but for the router variants, on the hybrid
+# router (the default then); run() pins both for them, and every variant pins
+# one cutoff (many_body_cutoff null: all were run before the hierarchy of cutoffs; their
+# run.json plans were amended to state both), so a fresh run reproduces them under the later
+# defaults (body_order 3, many_body_cutoff 4 Å). The body_order_* variants name their setting.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-run() {  # run VARIANT_NAME JSON_CONFIG (without "body_order": pinned to 0)
+run() {  # run VARIANT_NAME JSON_CONFIG (without "body_order": pinned to 0; router: hybrid)
+  case $2 in *router_mode*) ;; *) set -- "$1" "${2%\}}, \"router_mode\": \"hybrid\"}" ;; esac
   pinned "$1" "${2%\}}, \"body_order\": 0}"
 }
-pinned() {  # pinned VARIANT_NAME JSON_CONFIG (the settings exactly as given)
+pinned() {  # pinned VARIANT_NAME JSON_CONFIG (the settings as given, on one cutoff)
+  set -- "$1" "${2%\}}, \"many_body_cutoff\": null}"
   for task in duplication combination elongation substitution; do
     gmd26 run --tasks "$task" --models deepset_moe --preset quick --seeds 2 --workers 1 \
       --model-configs "{\"deepset_moe\": $2}" --out "results/ablation/$1" --no-report

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # DeepSet-MoE design probes at the protocol budget (results/ablation_protocol/README.md; CPU,
 # resumable). The default model's own cells are results/protocol (tools/runs/protocol.sh).
-# interactions_1 was run before the body-ordered term existed: it pins body_order 0.
+# interactions_1 was run before the body-ordered term existed: it pins body_order 0. The
+# variants before the hierarchy of cutoffs run on one cutoff (run() pins many_body_cutoff null).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-run() {  # run VARIANT_NAME JSON_CONFIG TASKS SEEDS
+run() {  # run VARIANT_NAME JSON_CONFIG TASKS SEEDS (on one cutoff unless JSON_CONFIG sets it)
+  case $2 in *many_body_cutoff*) ;; *) set -- "$1" "${2%\}}, \"many_body_cutoff\": null}" "$3" "$4" ;; esac
   gmd26 run --tasks $3 --models deepset_moe --preset protocol --seeds "$4" --workers 1 \
     --threads-per-cell 1 --model-configs "{\"deepset_moe\": $2}" \
     --out "results/ablation_protocol/$1" --no-report
