@@ -17,4 +17,9 @@ run body_order_3_interactions_1 '{"body_order": 3, "num_interactions": 1}' subst
 run body_order_3_cutoff_3.5 '{"body_order": 3, "cutoff": 3.5}' substitution 2
 run body_order_3_cutoff_4 '{"body_order": 3, "cutoff": 4.0}' \
   "duplication combination elongation substitution" 3
+# the hierarchy of cutoffs (many_body_cutoff 4 Å is the default since: results/protocol);
+# one_cutoff holds the cells of the default before it (moved from results/protocol)
+run one_cutoff '{"many_body_cutoff": null}' "duplication combination elongation substitution" 3
+run many_body_cutoff_3.5 '{"many_body_cutoff": 3.5}' \
+  "substitution duplication combination elongation" 3
 gmd26 ablation results/ablation_protocol results/protocol results/ablation_protocol/*/

@@ -18,7 +18,8 @@ for variant in interleaved e0_none interleaved_e0_none; do
   gmd26 run --tasks duplication --models $baselines deepset_moe --preset protocol --seeds 1 \
     --preset-overrides "$overrides" --out "results/decomposition/$variant" --no-report --workers "${WORKERS:-2}"
 done
-# DeepSet-MoE with the default the ablation chose (identity router, body_order 3), three seeds:
+# DeepSet-MoE with the default the ablation chose (identity router, body_order 3,
+# many_body_cutoff 4 Å), three seeds:
 # ~3 min a cell
 gmd26 run --tasks duplication combination elongation substitution --models deepset_moe \
   --preset protocol --seeds 3 --out results/protocol --no-report --workers "${WORKERS:-2}"
