@@ -1,8 +1,9 @@
 """Hyperparameters of DeepSet-MoE, in one serialisable dataclass.
 
 The defaults give a strictly local, extensive model (sum pooling, linear rho) of about
-200k parameters: a power-spectrum encoder (pairs within 5 Å, many-body within 4 Å), 8 experts with top-2 routing by the
-centre atom's element (``identity``) through the smooth top-k gate (:mod:`deepset_moe.gates`).
+200k parameters: a power-spectrum encoder (pairs within 5 Å, many-body within 4 Å), 8 experts
+with top-2 routing by the centre atom's element (``identity``) through the smooth top-k gate
+(:mod:`deepset_moe.gates`).
 The router default was chosen by the ablation of ``results/ablation/`` (README "What
 generalises and why"): routing on fragment labels (``fragment``, ``hybrid``) gave the worst
 substitution generalisation (energy per atom OOD/ID 4.1 and 2.4 against 1.8), ``identity`` the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -35,6 +36,18 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
+
+
+def _split_bars(ax: Any, positions: np.ndarray, heights: Mapping[str, list[float]]) -> None:
+    """ID and OOD bars side by side at ``positions`` (``heights[split]``: one value each)."""
+    for offset, split in ((-0.2, "id"), (0.2, "ood")):
+        ax.bar(
+            positions + offset,
+            heights[split],
+            0.4,
+            color=SPLIT_COLOURS[split],
+            label=SPLIT_LABELS[split],
+        )
 
 
 def _or_nan(value: float | None) -> float:
@@ -125,16 +138,15 @@ def fragment_error_figure(
     axes = figure.subplots(1, len(names), squeeze=False)[0]
     positions = np.arange(len(fragment_names))
     for ax, name in zip(axes, names):
-        for offset, split in ((-0.2, "id"), (0.2, "ood")):
-            values = models[name].get(split, {})
-            heights = [_or_nan(values.get(f)) for f in fragment_names]
-            ax.bar(
-                positions + offset,
-                heights,
-                0.4,
-                color=SPLIT_COLOURS[split],
-                label=SPLIT_LABELS[split],
-            )
+        values = models[name]
+        _split_bars(
+            ax,
+            positions,
+            {
+                split: [_or_nan(values.get(split, {}).get(f)) for f in fragment_names]
+                for split in SPLIT_LABELS
+            },
+        )
         ax.set_xticks(positions, list(fragment_names), rotation=45, ha="right")
         ax.set_ylabel("force MAE (eV/Å)")
         ax.set_title(name)
@@ -208,15 +220,11 @@ def headline_figure(
     for ax, task in zip(axes, tasks):
         models = list(table.get(task, {}))
         positions = np.arange(len(models))
-        for offset, split in ((-0.2, "id"), (0.2, "ood")):
-            heights = [_or_nan(table[task][m].get(split)) for m in models]
-            ax.bar(
-                positions + offset,
-                heights,
-                0.4,
-                color=SPLIT_COLOURS[split],
-                label=SPLIT_LABELS[split],
-            )
+        _split_bars(
+            ax,
+            positions,
+            {split: [_or_nan(table[task][m].get(split)) for m in models] for split in SPLIT_LABELS},
+        )
         ax.set_xticks(positions, models, rotation=30, ha="right")
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ScalarFormatter())
