@@ -24,6 +24,8 @@ Errors are force MAEs in eV/Å; all logs are base 10.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -87,28 +89,61 @@ def common_id_levels(curves: Sequence[Curve], count: int = 5) -> np.ndarray:
     return np.geomspace(high, low, count)
 
 
-def ood_at_matched_id(
-    curves: Mapping[str, Sequence[Curve]], count: int = 5
-) -> dict[str, object]:
+def _shared_range_width(curves: Sequence[Curve]) -> float:
+    """log10(high / low) of the ID range every curve covers; -inf when there is none."""
+    low = max(float(np.min(c.id_error)) for c in curves)
+    high = min(float(np.max(c.id_error)) for c in curves)
+    if not np.isfinite(low) or low > high:
+        return -math.inf
+    return math.log10(high / low)
+
+
+def comparable_models(curves: Mapping[str, Sequence[Curve]]) -> list[str]:
+    """The largest set of models whose runs share an ID accuracy (every model when they all
+    do); among sets of that size, the one with the widest shared range. A model whose curves
+    lie wholly below (or above) another's ID range cannot be compared at a common level with
+    it, and should not erase the comparison of the others."""
+    names = [m for m, runs in curves.items() if runs]
+    for size in range(len(names), 0, -1):
+        best, best_width = None, -math.inf
+        for subset in itertools.combinations(names, size):
+            width = _shared_range_width([c for m in subset for c in curves[m]])
+            if width > best_width:
+                best, best_width = list(subset), width
+        if best is not None:
+            return best
+    return []
+
+
+def ood_at_matched_id(curves: Mapping[str, Sequence[Curve]], count: int = 5) -> dict[str, object]:
     """Every model's OOD error at the ID levels all runs reach.
+
+    When no level is shared by every run, the levels are those of the largest set of models
+    that share one (:func:`comparable_models`); the others are ``left_out`` (NaN).
 
     Args:
         curves: ``{model: [curve per seed]}``.
         count: number of levels.
 
     Returns:
-        ``{"levels": [L...], "ood": {model: [mean over seeds at each level]}}`` (eV/Å);
-        ``levels`` is empty when the models share no ID accuracy.
+        ``{"levels": [L...], "ood": {model: [mean over seeds at each level]}, "left_out":
+        [model...]}`` (eV/Å); ``levels`` is empty when no two models share an ID accuracy.
     """
-    every = [curve for runs in curves.values() for curve in runs]
-    levels = common_id_levels(every, count)
+    compared = comparable_models(curves)
+    if len(compared) < min(2, len(curves)):
+        compared = []
+    levels = common_id_levels([curve for m in compared for curve in curves[m]], count)
     ood = {
         model: [
-            float(np.mean([run.ood_when_id_reaches(level) for run in runs])) for level in levels
+            float(np.mean([run.ood_when_id_reaches(level) for run in runs]))
+            if model in compared
+            else math.nan
+            for level in levels
         ]
         for model, runs in curves.items()
     }
-    return {"levels": levels.tolist(), "ood": ood}
+    left_out = [m for m in curves if m not in compared] if levels.size else []
+    return {"levels": levels.tolist(), "ood": ood, "left_out": left_out}
 
 
 def effective_robustness(
@@ -130,9 +165,7 @@ def effective_robustness(
         return {"slope": nan, "intercept": nan, "residual": dict.fromkeys(final_points, nan)}
     slope, intercept = np.polyfit(x, y, 1)
     residual = {
-        model: float(
-            np.mean([np.log10(o) - (intercept + slope * np.log10(i)) for i, o in points])
-        )
+        model: float(np.mean([np.log10(o) - (intercept + slope * np.log10(i)) for i, o in points]))
         for model, points in final_points.items()
     }
     return {"slope": float(slope), "intercept": float(intercept), "residual": residual}

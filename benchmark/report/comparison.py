@@ -78,7 +78,7 @@ def task_comparison(
 
     Returns:
         ``{"models", "curves": {model: [{"seed", "step", "id_force_mae", "ood_force_mae"}]},
-        "matched_id": {"levels", "models", "ood": {model: [mean per level]}, "ood_std",
+        "matched_id": {"levels", "models", "left_out", "ood": {model: [mean per level]}, "ood_std",
         "ood_seeds"}, "final": {model: {"seeds", "points", "id", "ood", "ratio"}},
         "effective_robustness": {"slope", "intercept", "points", "residual", "residual_std",
         "residual_seeds", "factor"}, "notes"}``. Stats (``id``, ``ood``, ``ratio``) are
@@ -168,6 +168,13 @@ def _matched_id(
             f"matched ID levels from the curves of {', '.join(runs)} only "
             f"({', '.join(without)}: no curve)"
         )
+    left_out = matched.get("left_out", [])
+    if left_out:
+        notes.append(
+            f"matched ID levels of {', '.join(m for m in runs if m not in left_out)}; "
+            f"{', '.join(left_out)}: ID-OOD curve outside their shared ID range (never as "
+            "inaccurate, or never as accurate, as all the others at once)"
+        )
     if runs and not levels:
         notes.append(
             "the ID-OOD curves share no ID force MAE (some run never reaches the ID error "
@@ -175,7 +182,10 @@ def _matched_id(
         )
     nan_row = [math.nan] * len(levels)
     per_seed = {
-        model: [[run.ood_when_id_reaches(level) for level in levels] for run in runs[model]]
+        model: [
+            nan_row if model in left_out else [run.ood_when_id_reaches(level) for level in levels]
+            for run in runs[model]
+        ]
         for model in runs
     }
     stats = {
@@ -185,6 +195,7 @@ def _matched_id(
     return {
         "levels": list(levels),
         "models": list(runs),
+        "left_out": list(left_out),
         "ood": {m: list(matched["ood"].get(m, nan_row)) for m in models},
         "ood_std": {
             m: [_or_nan(s["std"]) for s in stats[m]] if m in stats else nan_row for m in models

@@ -241,7 +241,9 @@ def comparison_table(comparison: Mapping[str, Any], failed: Sequence[str] = ()) 
             _mean_std(final["ood"]),
             _mean_std(final["ratio"]),
         ]
-        if levels:
+        if levels and name in matched.get("left_out", []):
+            row += ["outside the shared ID range"] * len(levels)
+        elif levels:
             row += [
                 _with_std(mean, std)
                 for mean, std in zip(matched["ood"][name], matched["ood_std"][name])

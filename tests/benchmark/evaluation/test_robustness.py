@@ -52,6 +52,26 @@ def test_matched_id_separates_a_more_robust_model() -> None:
     np.testing.assert_allclose(result["ood"]["brittle"], 4 * levels, rtol=1e-12)
 
 
+def test_a_model_outside_the_shared_range_is_left_out_not_the_comparison() -> None:
+    """A model that starts below the ID error the slowest model ever reaches shares no level
+    with it; the others are compared at their shared levels and that model is named."""
+    robust = [power_law_curve(1.0, 1.0, [0.5, 0.05, 0.02])]
+    brittle = [power_law_curve(4.0, 1.0, [0.6, 0.1, 0.04])]
+    slow = [power_law_curve(2.0, 1.0, [0.9, 0.3])]  # never better than 0.3
+    fast = [power_law_curve(1.0, 1.0, [0.2, 0.01])]  # never worse than 0.2
+    result = ood_at_matched_id({"robust": robust, "brittle": brittle, "slow": slow, "fast": fast})
+    # {robust, brittle, slow} share [0.3, 0.5]; {robust, brittle, fast} share [0.04, 0.2],
+    # the wider range in log: fast is kept, slow left out
+    assert result["left_out"] == ["slow"]
+    levels = np.array(result["levels"])
+    assert levels.max() == pytest.approx(0.2) and levels.min() == pytest.approx(0.04)
+    np.testing.assert_allclose(result["ood"]["brittle"], 4 * levels, rtol=1e-12)
+    np.testing.assert_allclose(result["ood"]["fast"], levels, rtol=1e-12)
+    assert all(math.isnan(v) for v in result["ood"]["slow"])
+    everyone = ood_at_matched_id({"robust": robust, "brittle": brittle})
+    assert everyone["left_out"] == []
+
+
 def test_effective_robustness_recovers_planted_residuals() -> None:
     # Models on the line log OOD = 0.2 + 0.9 log ID, except "good" (10x lower) and "bad" (10x
     # higher) at the same ID error, whose residuals cancel, so the fit is the line itself.
