@@ -401,4 +401,10 @@ def train_tiny_model(frames_file: Path, out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    train_tiny_model(Path(sys.argv[1]), Path(sys.argv[2]))
+    # as the CLIs do: leave the process group before exit (a gloo group left open can abort
+    # one rank at interpreter shutdown, "terminate called without an active exception")
+    try:
+        train_tiny_model(Path(sys.argv[1]), Path(sys.argv[2]))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
