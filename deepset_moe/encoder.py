@@ -120,10 +120,10 @@ class PowerSpectrumEncoder(nn.Module):
         edge_index: Tensor,
         basis: Tensor,
         edge_weights: Tensor | None = None,
-    ) -> Tensor:
-        """Atomic density A [N, C, (l_max+1)^2] (step 1 of the module docstring); with
-        ``edge_weights`` [E] also the density of the weighted edges, [2, N, C, (l_max+1)^2]
-        (one segment sum for both)."""
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Atomic density A [N, C, (l_max+1)^2] (step 1 of the module docstring). With
+        ``edge_weights`` [E]: the scalar densities A_{i,c,0,0} of all edges, [N, C], and the
+        density of the weighted edges, [N, C, (l_max+1)^2] (one segment sum for both)."""
         source, target = edge_index
         num_edges, num_atoms = vectors.shape[0], species.shape[0]
         radial = self.radial(basis).view(num_edges, self.num_channels, self.l_max + 1)
@@ -144,9 +144,11 @@ class PowerSpectrumEncoder(nn.Module):
         if edge_weights is None:
             density = segment_sum_index(edge_density, target, num_atoms)
             return density.view(num_atoms, self.num_channels, num_m)
-        both = torch.cat([edge_density, edge_density * edge_weights.unsqueeze(-1)], dim=-1)
-        density = segment_sum_index(both, target, num_atoms)
-        return density.view(num_atoms, 2, self.num_channels, num_m).transpose(0, 1)
+        scalars = edge_density[:, ::num_m]  # the l = 0 column of each channel, [E, C]
+        both = torch.cat([scalars, edge_density * edge_weights.unsqueeze(-1)], dim=-1)
+        summed = segment_sum_index(both, target, num_atoms)
+        near = summed[:, self.num_channels :].view(num_atoms, self.num_channels, num_m)
+        return summed[:, : self.num_channels], near
 
     def invariant_width(self, body_order: int) -> int:
         """How many leading columns of :meth:`invariants` are of body order <= ``body_order``:
@@ -191,9 +193,9 @@ class PowerSpectrumEncoder(nn.Module):
             invariants = many_body = self.invariants(density)
         else:
             near = self.many_body_envelope(lengths)
-            density, near_density = self.density(species, vectors, edge_index, basis, near)
+            scalars, near_density = self.density(species, vectors, edge_index, basis, near)
             many_body = self.invariants(near_density)
-            invariants = torch.cat([density[:, :, 0], many_body[:, self.num_channels :]], dim=-1)
+            invariants = torch.cat([scalars, many_body[:, self.num_channels :]], dim=-1)
             basis = basis * near.unsqueeze(-1)
         latent = self.mlp(torch.cat([many_body, self.centre_embedding(species)], dim=-1))
         for interaction in self.interactions:

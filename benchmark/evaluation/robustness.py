@@ -71,6 +71,15 @@ class Curve:
         return float(10 ** (y0 + t * (y1 - y0)))
 
 
+def shared_id_range(curves: Sequence[Curve]) -> tuple[float, float] | None:
+    """(low, high): the ID errors every curve covers (None if they share none)."""
+    if not curves:
+        return None
+    low = max(float(np.min(c.id_error)) for c in curves)
+    high = min(float(np.max(c.id_error)) for c in curves)
+    return None if not np.isfinite(low) or low > high else (low, high)
+
+
 def common_id_levels(curves: Sequence[Curve], count: int = 5) -> np.ndarray:
     """``count`` geometric ID levels every curve reaches (empty if the curves share none).
 
@@ -78,36 +87,26 @@ def common_id_levels(curves: Sequence[Curve], count: int = 5) -> np.ndarray:
         curves: every compared run.
         count: number of levels (>= 1).
     """
-    if not curves:
+    shared = shared_id_range(curves)
+    if shared is None:
         return np.zeros(0)
-    low = max(float(np.min(c.id_error)) for c in curves)
-    high = min(float(np.max(c.id_error)) for c in curves)
-    if not np.isfinite(low) or low > high:
-        return np.zeros(0)
+    low, high = shared
     if count == 1 or low == high:
         return np.array([low])
     return np.geomspace(high, low, count)
 
 
-def _shared_range_width(curves: Sequence[Curve]) -> float:
-    """log10(high / low) of the ID range every curve covers; -inf when there is none."""
-    low = max(float(np.min(c.id_error)) for c in curves)
-    high = min(float(np.max(c.id_error)) for c in curves)
-    if not np.isfinite(low) or low > high:
-        return -math.inf
-    return math.log10(high / low)
-
-
 def comparable_models(curves: Mapping[str, Sequence[Curve]]) -> list[str]:
     """The largest set of models whose runs share an ID accuracy (every model when they all
-    do); among sets of that size, the one with the widest shared range. A model whose curves
-    lie wholly below (or above) another's ID range cannot be compared at a common level with
-    it, and should not erase the comparison of the others."""
+    do); among sets of that size, the one with the widest shared range (in log). A model whose
+    curves lie wholly below (or above) another's ID range cannot be compared at a common level
+    with it, and should not erase the comparison of the others."""
     names = [m for m, runs in curves.items() if runs]
     for size in range(len(names), 0, -1):
         best, best_width = None, -math.inf
         for subset in itertools.combinations(names, size):
-            width = _shared_range_width([c for m in subset for c in curves[m]])
+            shared = shared_id_range([c for m in subset for c in curves[m]])
+            width = -math.inf if shared is None else math.log10(shared[1] / shared[0])
             if width > best_width:
                 best, best_width = list(subset), width
         if best is not None:
@@ -115,7 +114,9 @@ def comparable_models(curves: Mapping[str, Sequence[Curve]]) -> list[str]:
     return []
 
 
-def ood_at_matched_id(curves: Mapping[str, Sequence[Curve]], count: int = 5) -> dict[str, object]:
+def ood_at_matched_id(
+    curves: Mapping[str, Sequence[Curve]], count: int = 5
+) -> dict[str, object]:
     """Every model's OOD error at the ID levels all runs reach.
 
     When no level is shared by every run, the levels are those of the largest set of models
@@ -126,24 +127,27 @@ def ood_at_matched_id(curves: Mapping[str, Sequence[Curve]], count: int = 5) -> 
         count: number of levels.
 
     Returns:
-        ``{"levels": [L...], "ood": {model: [mean over seeds at each level]}, "left_out":
-        [model...]}`` (eV/Å); ``levels`` is empty when no two models share an ID accuracy.
+        ``{"levels": [L...], "per_run": {model: [[OOD at each level] per run]}, "ood":
+        {model: [mean over runs at each level]}, "left_out": [model...]}`` (eV/Å); ``levels``
+        is empty when no two models share an ID accuracy.
     """
     compared = comparable_models(curves)
     if len(compared) < min(2, len(curves)):
         compared = []
     levels = common_id_levels([curve for m in compared for curve in curves[m]], count)
-    ood = {
+    per_run = {
         model: [
-            float(np.mean([run.ood_when_id_reaches(level) for run in runs]))
-            if model in compared
-            else math.nan
-            for level in levels
+            [run.ood_when_id_reaches(level) if model in compared else math.nan for level in levels]
+            for run in runs
         ]
         for model, runs in curves.items()
     }
+    ood = {
+        model: [float(np.mean(column)) for column in zip(*values)] if values else []
+        for model, values in per_run.items()
+    }
     left_out = [m for m in curves if m not in compared] if levels.size else []
-    return {"levels": levels.tolist(), "ood": ood, "left_out": left_out}
+    return {"levels": levels.tolist(), "per_run": per_run, "ood": ood, "left_out": left_out}
 
 
 def effective_robustness(
@@ -165,7 +169,9 @@ def effective_robustness(
         return {"slope": nan, "intercept": nan, "residual": dict.fromkeys(final_points, nan)}
     slope, intercept = np.polyfit(x, y, 1)
     residual = {
-        model: float(np.mean([np.log10(o) - (intercept + slope * np.log10(i)) for i, o in points]))
+        model: float(
+            np.mean([np.log10(o) - (intercept + slope * np.log10(i)) for i, o in points])
+        )
         for model, points in final_points.items()
     }
     return {"slope": float(slope), "intercept": float(intercept), "residual": residual}

@@ -113,11 +113,8 @@ def across_tasks(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, 
                 (e for e in energy if e is not None and math.isfinite(e)), default=math.nan
             ),
             "params": next(
-                (
-                    t["variants"][variant]["params"]
-                    for t in tasks.values()
-                    if variant in t["variants"]
-                ),
+                (t["variants"][variant]["params"] for t in tasks.values()
+                 if variant in t["variants"]),
                 None,
             ),
         }
@@ -127,15 +124,9 @@ def across_tasks(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, 
 def across_tasks_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     """The across-task summary as Markdown (see :func:`across_tasks`)."""
     header = [
-        "variant",
-        "parameters",
-        "tasks",
-        "OOD/ID forces, mean",
-        "OOD/ID, worst task",
-        "effective robustness, mean decades",
-        "ID force MAE / best variant's (geo. mean)",
-        "probe/ID forces, mean",
-        "E/atom OOD/ID, worst task that identifies it",
+        "variant", "parameters", "tasks", "OOD/ID forces, mean", "OOD/ID, worst task",
+        "effective robustness, mean decades", "ID force MAE / best variant's (geo. mean)",
+        "probe/ID forces, mean", "E/atom OOD/ID, worst task that identifies it",
     ]
     body = [
         [
@@ -192,11 +183,8 @@ def routing_comparison_table(routing: Mapping[str, Mapping[str, Any]]) -> str:
         row.append(format_number(_mean(divergences)))
         rows.append(row)
     header = [
-        "variant",
-        "load balance CV, ID / OOD",
-        "entropy / ln K, ID / OOD",
-        "NMI(fragment, top-1), ID / OOD",
-        "JS divergence ID↔OOD, mean over fragments (bits)",
+        "variant", "load balance CV, ID / OOD", "entropy / ln K, ID / OOD",
+        "NMI(fragment, top-1), ID / OOD", "JS divergence ID↔OOD, mean over fragments (bits)",
     ]
     return markdown_table(header, rows)
 

@@ -78,8 +78,8 @@ def task_comparison(
 
     Returns:
         ``{"models", "curves": {model: [{"seed", "step", "id_force_mae", "ood_force_mae"}]},
-        "matched_id": {"levels", "models", "left_out", "ood": {model: [mean per level]}, "ood_std",
-        "ood_seeds"}, "final": {model: {"seeds", "points", "id", "ood", "ratio"}},
+        "matched_id": {"levels", "models", "left_out", "ood": {model: [mean per level]},
+        "ood_std", "ood_seeds"}, "final": {model: {"seeds", "points", "id", "ood", "ratio"}},
         "effective_robustness": {"slope", "intercept", "points", "residual", "residual_std",
         "residual_seeds", "factor"}, "notes"}``. Stats (``id``, ``ood``, ``ratio``) are
         :func:`benchmark.report.collect.aggregate` dicts; missing numbers are NaN (``None`` in
@@ -160,7 +160,7 @@ def _matched_id(
     if runs:
         matched = ood_at_matched_id(runs, count)
     else:
-        matched = {"levels": [], "ood": {}}
+        matched = {"levels": [], "per_run": {}, "ood": {}, "left_out": []}
     levels = matched["levels"]
     without = [m for m in models if m not in runs]
     if without and runs:
@@ -168,7 +168,7 @@ def _matched_id(
             f"matched ID levels from the curves of {', '.join(runs)} only "
             f"({', '.join(without)}: no curve)"
         )
-    left_out = matched.get("left_out", [])
+    left_out = matched["left_out"]
     if left_out:
         notes.append(
             f"matched ID levels of {', '.join(m for m in runs if m not in left_out)}; "
@@ -181,13 +181,7 @@ def _matched_id(
             "another run starts from): no matched-ID comparison"
         )
     nan_row = [math.nan] * len(levels)
-    per_seed = {
-        model: [
-            nan_row if model in left_out else [run.ood_when_id_reaches(level) for level in levels]
-            for run in runs[model]
-        ]
-        for model in runs
-    }
+    per_seed = matched["per_run"]
     stats = {
         model: [aggregate([seed[k] for seed in values]) for k in range(len(levels))]
         for model, values in per_seed.items()

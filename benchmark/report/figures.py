@@ -41,13 +41,8 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
 def _split_bars(ax: Any, positions: np.ndarray, heights: Mapping[str, list[float]]) -> None:
     """ID and OOD bars side by side at ``positions`` (``heights[split]``: one value each)."""
     for offset, split in ((-0.2, "id"), (0.2, "ood")):
-        ax.bar(
-            positions + offset,
-            heights[split],
-            0.4,
-            color=SPLIT_COLOURS[split],
-            label=SPLIT_LABELS[split],
-        )
+        ax.bar(positions + offset, heights[split], 0.4, color=SPLIT_COLOURS[split],
+               label=SPLIT_LABELS[split])
 
 
 def _or_nan(value: float | None) -> float:
@@ -132,21 +127,16 @@ def fragment_error_figure(
         fragment_names: bar order.
     """
     names = list(models)
-    figure = Figure(
-        figsize=(max(6.0, 0.9 * len(fragment_names)) * len(names) / 1.3, 4.2), layout="constrained"
-    )
+    figure = Figure(figsize=(max(6.0, 0.9 * len(fragment_names)) * len(names) / 1.3, 4.2),
+                    layout="constrained")
     axes = figure.subplots(1, len(names), squeeze=False)[0]
     positions = np.arange(len(fragment_names))
     for ax, name in zip(axes, names):
         values = models[name]
-        _split_bars(
-            ax,
-            positions,
-            {
-                split: [_or_nan(values.get(split, {}).get(f)) for f in fragment_names]
-                for split in SPLIT_LABELS
-            },
-        )
+        _split_bars(ax, positions, {
+            split: [_or_nan(values.get(split, {}).get(f)) for f in fragment_names]
+            for split in SPLIT_LABELS
+        })
         ax.set_xticks(positions, list(fragment_names), rotation=45, ha="right")
         ax.set_ylabel("force MAE (eV/Å)")
         ax.set_title(name)
@@ -192,13 +182,8 @@ def extrapolation_figure(
     upper = max((float(d.max()) for d in finite if d.size), default=1.0)
     bins = np.linspace(0.0, upper if upper > 0 else 1.0, 40)
     for (split, _), values in zip(distances.items(), finite):
-        hist_ax.hist(
-            values,
-            bins=bins,
-            alpha=0.6,
-            color=SPLIT_COLOURS[split],
-            label=f"{SPLIT_LABELS[split]} ({values.size} atoms)",
-        )
+        hist_ax.hist(values, bins=bins, alpha=0.6, color=SPLIT_COLOURS[split],
+                     label=f"{SPLIT_LABELS[split]} ({values.size} atoms)")
     hist_ax.set_xlabel("SOAP distance to nearest training environment")
     hist_ax.set_ylabel("test atoms")
     hist_ax.set_title("distance distribution")
@@ -220,11 +205,9 @@ def headline_figure(
     for ax, task in zip(axes, tasks):
         models = list(table.get(task, {}))
         positions = np.arange(len(models))
-        _split_bars(
-            ax,
-            positions,
-            {split: [_or_nan(table[task][m].get(split)) for m in models] for split in SPLIT_LABELS},
-        )
+        _split_bars(ax, positions, {
+            split: [_or_nan(table[task][m].get(split)) for m in models] for split in SPLIT_LABELS
+        })
         ax.set_xticks(positions, models, rotation=30, ha="right")
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ScalarFormatter())
@@ -265,27 +248,19 @@ def comparison_figure(
         for run in curves.get(name, []):
             x = np.asarray(run["id_force_mae"], dtype=np.float64)
             y = np.asarray(run["ood_force_mae"], dtype=np.float64)
-            ax.plot(
-                x, y, "-", linewidth=0.8, alpha=0.7, color=colours[name], marker=".", markersize=2.5
-            )
+            ax.plot(x, y, "-", linewidth=0.8, alpha=0.7, color=colours[name], marker=".",
+                    markersize=2.5)
             values += [*x.tolist(), *y.tolist()]
         points = np.asarray(final_points.get(name, []), dtype=np.float64).reshape(-1, 2)
-        ax.plot(
-            points[:, 0],
-            points[:, 1],
-            "o",
-            linestyle="none",
-            markersize=7,
-            markeredgecolor="black",
-            markeredgewidth=0.6,
-            color=colours[name],
-            label=f"{name} ({len(points)} seed{'s' if len(points) != 1 else ''})",
-        )
+        ax.plot(points[:, 0], points[:, 1], "o", linestyle="none", markersize=7,
+                markeredgecolor="black", markeredgewidth=0.6, color=colours[name],
+                label=f"{name} ({len(points)} seed{'s' if len(points) != 1 else ''})")
         values += points.ravel().tolist()
     values += [float(level) for level in levels]
     positive = np.array([v for v in values if math.isfinite(v) and v > 0.0])
     if positive.size == 0:
-        ax.text(0.5, 0.5, "no finite force MAE", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no finite force MAE", ha="center", va="center",
+                transform=ax.transAxes)
         ax.set_title(title)
         return figure
     low, high = float(positive.min()) / 1.25, float(positive.max()) * 1.25
@@ -293,22 +268,12 @@ def comparison_figure(
     ax.plot(span, span, "--", color="black", linewidth=0.8, label="OOD = ID")
     if accuracy_line is not None and all(math.isfinite(v) for v in accuracy_line):
         slope, intercept = accuracy_line
-        ax.plot(
-            span,
-            10 ** (intercept + slope * np.log10(span)),
-            ":",
-            color="dimgray",
-            linewidth=1.4,
-            label=f"accuracy line: log OOD = {intercept:.2f} + {slope:.2f} log ID",
-        )
+        ax.plot(span, 10 ** (intercept + slope * np.log10(span)), ":", color="dimgray",
+                linewidth=1.4,
+                label=f"accuracy line: log OOD = {intercept:.2f} + {slope:.2f} log ID")
     for index, level in enumerate(levels):
-        ax.axvline(
-            level,
-            color="gray",
-            linewidth=0.6,
-            alpha=0.6,
-            label="matched ID levels" if index == 0 else None,
-        )
+        ax.axvline(level, color="gray", linewidth=0.6, alpha=0.6,
+                   label="matched ID levels" if index == 0 else None)
     ax.set_xscale("log")
     ax.set_yscale("log")
     for axis in (ax.xaxis, ax.yaxis):  # plain numbers (0.4, not 4 x 10^-1)

@@ -58,9 +58,10 @@ def _run_header(report: Mapping[str, Any]) -> list[str]:
             + (f" capped at {cell_budget} min per cell" if cell_budget else "")
             + f", device `{plan.get('device')}`."
         )
-    if _models(report):
+    with_cells = _models(report)
+    if with_cells:
         lines.append(f"Finished seeds per task: {_seed_counts(report)}.")
-    absent = [name for name in report.get("registered_models", []) if name not in _models(report)]
+    absent = [name for name in report.get("registered_models", []) if name not in with_cells]
     if absent:
         lines.append(f"Registered models without a cell here: {', '.join(absent)}.")
     invocations = run.get("invocations", [])

@@ -188,7 +188,7 @@ def attribution_table(summaries: Mapping[str, dict[str, Any]]) -> str:
 
 
 COMPARISON_READING = (
-    'How to read: compare models down an "OOD at ID L" column (OOD force MAE when the model\'s '
+    "How to read: compare models down an \"OOD at ID L\" column (OOD force MAE when the model's "
     "ID force MAE on the validation subset first reached L during training, interpolated "
     "log-log along its curve: lower is more robust at equal ID accuracy); effective robustness "
     "is the offset of the final test point from the log OOD vs log ID line fitted through all "
@@ -293,12 +293,7 @@ def probe_table(models: Mapping[str, dict[str, Any]]) -> str:
         row.append(_mean_std(probe["ratio_to_id"]["all"]["energy_per_atom_mae"]))
         rows.append(row)
     header = [
-        "model (seeds)",
-        "ID",
-        "task OOD",
-        *(f"probe {f}" for f in families),
-        "probe all",
-        "probe/ID forces",
-        "probe/ID energy per atom",
+        "model (seeds)", "ID", "task OOD", *(f"probe {f}" for f in families), "probe all",
+        "probe/ID forces", "probe/ID energy per atom",
     ]
     return markdown_table(header, rows)
