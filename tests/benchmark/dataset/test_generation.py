@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -329,11 +330,14 @@ def test_statistics_and_cli(smoke_dir, capsys):
     subparsers = parser.add_subparsers()
     info_command.register(subparsers)
     build_command.register(subparsers)
-    args = parser.parse_args(["info", str(smoke_dir)])
+    args = parser.parse_args(["info", str(smoke_dir), "--additivity"])
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert all(task in printed for task in TASK_NAMES) and "ood_test" in printed
     assert "probe          long_mixed " in printed
+    for task in TASK_NAMES:  # the linear reference fits: one ID and one OOD row per model
+        assert re.search(rf"^{task} +fragment +ood +", printed, re.MULTILINE)
+        assert re.search(rf"^{task} +element +id +\d", printed, re.MULTILINE)
     # re-running the finished build computes nothing and exits 0
     args = parser.parse_args(
         [
