@@ -22,4 +22,11 @@ run body_order_3_cutoff_4 '{"body_order": 3, "cutoff": 4.0}' \
 run one_cutoff '{"many_body_cutoff": null}' "duplication combination elongation substitution" 3
 run many_body_cutoff_3.5 '{"many_body_cutoff": 3.5}' \
   "substitution duplication combination elongation" 3
+# the many-body part within 3 Å; wider descriptors (num_channels 32, 48)
+run many_body_cutoff_3 '{"many_body_cutoff": 3.0}' substitution 3
+run channels_32 '{"num_channels": 32, "many_body_cutoff": 4.0}' "duplication substitution" 2
+run channels_32 '{"num_channels": 32, "many_body_cutoff": 4.0}' substitution 3
+run channels_48 '{"num_channels": 48, "many_body_cutoff": 4.0}' "duplication substitution" 2
+run channels_32_interactions_1 '{"num_channels": 32, "num_interactions": 1, "many_body_cutoff": 4.0}' \
+  duplication 1
 gmd26 ablation results/ablation_protocol results/protocol results/ablation_protocol/*/
